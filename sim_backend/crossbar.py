@@ -1,0 +1,298 @@
+"""A simulated crossbar of JART VCM v1b devices: read, pulse, state, save and load.
+
+Sign convention: **SET (conductance rises) at negative voltage, RESET at positive voltage.**
+Units: volts, seconds, siemens, amperes; the state N in 1e26 m^-3.
+
+Every operation works on a batch of cells at once (parallel ``rows``/``cols`` arrays); nothing
+loops over devices in Python. A Crossbar is not thread-safe: one owner drives it (the service
+serialises access).
+
+Randomness is seeded: the same seed and the same sequence of operations give the same results,
+also across :meth:`Crossbar.save` / :meth:`Crossbar.load` (the generators' states are saved).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from sim_backend import variability as var
+from sim_backend.integrator import DEFAULT_TOL, IntegrationStats, apply_pulses
+from sim_backend.jart import (
+    N_HI,
+    N_LO,
+    V_READ,
+    V_RESET_MAX,
+    V_SET_MIN,
+    DeviceParams,
+    current,
+)
+
+WIDTH_MIN = 1e-9
+"""Shortest pulse the simulator accepts, s."""
+WIDTH_MAX = 0.1
+"""Longest pulse the simulator accepts, s."""
+FILE_FORMAT = 1
+
+
+class Crossbar:
+    """``rows`` × ``cols`` simulated JART VCM v1b devices.
+
+    Parameters
+    ----------
+    seed:
+        Seeds device-to-device draws, stuck devices, cycle-to-cycle variation and read noise
+        (independent streams).
+    variability:
+        ``"ideal"`` (nominal devices), ``"d2d"`` (device-to-device spread drawn at creation),
+        ``"realistic"`` (D2D and cycle-to-cycle variation after every pulse), or a
+        :class:`sim_backend.variability.Variability`.
+    read_noise:
+        Relative standard deviation of the Gaussian noise on every read (e.g. 0.01 = 1 %).
+    stuck_fraction:
+        Fraction of devices stuck at the high or the low conductance bound (half each on
+        average); they never move, whatever is pulsed or set.
+    initial_N:
+        Initial state of every device, 1e26 m^-3 (default: the low bound, fully RESET).
+    tol:
+        Local error tolerance of the pulse integrator (in ln N per step).
+    """
+
+    def __init__(
+        self,
+        rows: int,
+        cols: int,
+        *,
+        seed: int = 0,
+        variability: str | var.Variability = "ideal",
+        read_noise: float = 0.0,
+        stuck_fraction: float = 0.0,
+        initial_N: float = N_LO,
+        tol: float = DEFAULT_TOL,
+    ):
+        if int(rows) < 1 or int(cols) < 1:
+            raise ValueError("rows, cols: an array needs at least one row and one column")
+        if not (0.0 <= read_noise < 1.0):
+            raise ValueError("read_noise: relative σ must be in [0, 1)")
+        if not (0.0 <= stuck_fraction <= 1.0):
+            raise ValueError("stuck_fraction: must be in [0, 1]")
+        if not (N_LO <= initial_N <= N_HI):
+            raise ValueError(f"initial_N: must be within [{N_LO}, {N_HI}] (1e26 m^-3)")
+        if not (0.0 < tol < 1e-2):
+            raise ValueError("tol: integrator tolerance must be in (0, 1e-2)")
+        self.rows = int(rows)
+        self.cols = int(cols)
+        self.seed = int(seed)
+        self.variability = var.resolve(variability)
+        self.read_noise = float(read_noise)
+        self.stuck_fraction = float(stuck_fraction)
+        self.tol = float(tol)
+        n = self.rows * self.cols
+
+        d2d_seq, stuck_seq, c2c_seq, read_seq = np.random.SeedSequence(self.seed).spawn(4)
+        device = var.draw_d2d(n, self.variability.d2d_sigma, np.random.default_rng(d2d_seq))
+        self._device = {k: np.asarray(getattr(device, k), dtype=float) for k in var.PARAMETERS}
+        self._now = {k: v.copy() for k, v in self._device.items()}
+
+        stuck_rng = np.random.default_rng(stuck_seq)
+        self._stuck = stuck_rng.random(n) < self.stuck_fraction
+        high = stuck_rng.random(n) < 0.5
+        self._stuck_N = np.where(high, N_HI, N_LO)
+
+        self._c2c_rng = np.random.default_rng(c2c_seq)
+        self._read_rng = np.random.default_rng(read_seq)
+
+        self._N = np.full(n, float(initial_N))
+        self._N[self._stuck] = self._stuck_N[self._stuck]
+        self.pulse_count = np.zeros(n, dtype=np.int64)
+        self.last_stats = IntegrationStats(0, 0)
+
+    # ----------------------------------------------------------------------------- geometry
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.rows, self.cols)
+
+    def _flat_index(self, rows, cols) -> tuple[np.ndarray, tuple[int, ...]]:
+        r, c = np.broadcast_arrays(np.asarray(rows), np.asarray(cols))
+        if r.size and not (np.issubdtype(r.dtype, np.integer) and np.issubdtype(c.dtype,
+                                                                                  np.integer)):
+            raise ValueError("rows, cols: cell indices must be integers")
+        if np.any((r < 0) | (r >= self.rows)):
+            raise IndexError(f"rows: a row index is outside 0 … {self.rows - 1}")
+        if np.any((c < 0) | (c >= self.cols)):
+            raise IndexError(f"cols: a column index is outside 0 … {self.cols - 1}")
+        return (r * self.cols + c).ravel().astype(np.intp), r.shape
+
+    # -------------------------------------------------------------------------------- state
+    @property
+    def state(self) -> np.ndarray:
+        """N of every device as a (rows, cols) array (a copy), 1e26 m^-3."""
+        return self._N.reshape(self.shape).copy()
+
+    @state.setter
+    def state(self, value) -> None:
+        N = np.broadcast_to(np.asarray(value, dtype=float), self.shape).ravel()
+        if not np.all(np.isfinite(N)) or np.any((N < N_LO) | (N > N_HI)):
+            raise ValueError(f"state: N must be within [{N_LO}, {N_HI}] (1e26 m^-3)")
+        self._N = np.where(self._stuck, self._stuck_N, N)
+
+    @property
+    def stuck(self) -> np.ndarray:
+        """True for stuck devices, (rows, cols)."""
+        return self._stuck.reshape(self.shape).copy()
+
+    def device_params(self, which: str = "now") -> dict[str, np.ndarray]:
+        """Device parameters as (rows, cols) arrays: ``"now"`` (after C2C) or ``"device"`` (D2D)."""
+        source = {"now": self._now, "device": self._device}[which]
+        return {k: v.reshape(self.shape).copy() for k, v in source.items()}
+
+    # -------------------------------------------------------------------------------- reads
+    def read_current(self, rows, cols, v_read: float = V_READ) -> np.ndarray:
+        """Current (A) of each cell at ``v_read`` (V), with read noise. Never changes N."""
+        v_read = _check_read_voltage(v_read)
+        index, shape = self._flat_index(rows, cols)
+        I = current(self._N[index], v_read)
+        if self.read_noise > 0.0:
+            I = I * (1.0 + self.read_noise * self._read_rng.standard_normal(index.size))
+        return I.reshape(shape)
+
+    def read(self, rows, cols, v_read: float = V_READ) -> np.ndarray:
+        """Conductance I / v_read (S) of each cell, with read noise. Never changes N."""
+        return self.read_current(rows, cols, v_read) / v_read
+
+    def conductance_map(self, v_read: float = V_READ) -> np.ndarray:
+        """Noise-free conductance (S) of every device, (rows, cols): the simulator's truth."""
+        v_read = _check_read_voltage(v_read)
+        return (current(self._N, v_read) / v_read).reshape(self.shape)
+
+    # ------------------------------------------------------------------------------- pulses
+    def pulse(self, rows, cols, voltage, width) -> None:
+        """One rectangular pulse per cell: ``voltage`` (V) for ``width`` (s), broadcast.
+
+        SET at negative voltage, RESET at positive. Raises ValueError (nothing applied) for a
+        voltage outside [-0.9, +1.3] V (the range the fitted current is validated for), a width
+        outside [1e-9, 0.1] s, or a cell named twice in one call.
+        """
+        r, c, V, W = np.broadcast_arrays(
+            np.asarray(rows), np.asarray(cols), np.asarray(voltage, dtype=float),
+            np.asarray(width, dtype=float),
+        )
+        index, _ = self._flat_index(r, c)
+        V = V.ravel()
+        W = W.ravel()
+        if not np.all(np.isfinite(V)) or np.any((V < V_SET_MIN) | (V > V_RESET_MAX)):
+            raise ValueError(
+                f"voltage: must be within [{V_SET_MIN}, {V_RESET_MAX}] V, the validated range "
+                "of the JART v1b current fit"
+            )
+        if not np.all(np.isfinite(W)) or np.any((W < WIDTH_MIN) | (W > WIDTH_MAX)):
+            raise ValueError(f"width: must be within [{WIDTH_MIN}, {WIDTH_MAX}] s")
+        if np.unique(index).size != index.size:
+            raise ValueError("rows, cols: a cell appears twice in one pulse call")
+        if index.size == 0:
+            return
+
+        moving = ~self._stuck[index]
+        index, V, W = index[moving], V[moving], W[moving]
+        N_before = self._N[index]
+        params = DeviceParams(**{k: v[index] for k, v in self._now.items()})
+        N_after, self.last_stats = apply_pulses(N_before, V, W, params, tol=self.tol)
+        self._N[index] = N_after
+        self.pulse_count[index] += 1
+
+        fired = V != 0.0
+        if self.variability.c2c and np.any(fired):
+            idx = index[fired]
+            updated = var.c2c_update(
+                DeviceParams(**{k: v[idx] for k, v in self._now.items()}),
+                DeviceParams(**{k: v[idx] for k, v in self._device.items()}),
+                N_before[fired],
+                N_after[fired],
+                V[fired] < 0,
+                self._c2c_rng,
+            )
+            for k in var.PARAMETERS:
+                self._now[k][idx] = getattr(updated, k)
+
+    # ------------------------------------------------------------------------ save and load
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the whole array (state, parameters, generators) to an ``.npz`` file.
+
+        Written to a temporary file and renamed, so a crash never leaves half a file.
+        """
+        path = Path(path)
+        meta = {
+            "format": FILE_FORMAT,
+            "rows": self.rows,
+            "cols": self.cols,
+            "seed": self.seed,
+            "variability": asdict(self.variability),
+            "read_noise": self.read_noise,
+            "stuck_fraction": self.stuck_fraction,
+            "tol": self.tol,
+            "c2c_rng": self._c2c_rng.bit_generator.state,
+            "read_rng": self._read_rng.bit_generator.state,
+        }
+        arrays = {f"device_{k}": v for k, v in self._device.items()}
+        arrays |= {f"now_{k}": v for k, v in self._now.items()}
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            np.savez(
+                fh,
+                meta=np.array(json.dumps(meta)),
+                N=self._N,
+                stuck=self._stuck,
+                stuck_N=self._stuck_N,
+                pulse_count=self.pulse_count,
+                **arrays,
+            )
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Crossbar:
+        """Restore an array written by :meth:`save`; it continues exactly where it left off."""
+        with np.load(Path(path), allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            if meta.get("format") != FILE_FORMAT:
+                raise ValueError(f"{path}: unknown crossbar file format {meta.get('format')!r}")
+            xb = cls(
+                meta["rows"],
+                meta["cols"],
+                seed=meta["seed"],
+                variability=var.Variability(**meta["variability"]),
+                read_noise=meta["read_noise"],
+                stuck_fraction=meta["stuck_fraction"],
+                tol=meta["tol"],
+            )
+            n = xb.rows * xb.cols
+            xb._N = np.array(data["N"], dtype=float)
+            xb._stuck = np.array(data["stuck"], dtype=bool)
+            xb._stuck_N = np.array(data["stuck_N"], dtype=float)
+            xb.pulse_count = np.array(data["pulse_count"], dtype=np.int64)
+            xb._device = {k: np.array(data[f"device_{k}"], dtype=float) for k in var.PARAMETERS}
+            xb._now = {k: np.array(data[f"now_{k}"], dtype=float) for k in var.PARAMETERS}
+        if xb._N.shape != (n,):
+            raise ValueError(f"{path}: state has {xb._N.size} devices, expected {n}")
+        xb._c2c_rng.bit_generator.state = meta["c2c_rng"]
+        xb._read_rng.bit_generator.state = meta["read_rng"]
+        return xb
+
+    def __repr__(self) -> str:
+        name = var.preset_name(self.variability) or repr(self.variability)
+        return (
+            f"Crossbar({self.rows}, {self.cols}, seed={self.seed}, variability={name!r}, "
+            f"read_noise={self.read_noise}, stuck_fraction={self.stuck_fraction})"
+        )
+
+
+def _check_read_voltage(v_read: float) -> float:
+    v_read = float(v_read)
+    if not np.isfinite(v_read) or v_read == 0.0 or not (V_SET_MIN <= v_read <= V_RESET_MAX):
+        raise ValueError(f"v_read: must be non-zero and within [{V_SET_MIN}, {V_RESET_MAX}] V")
+    return v_read
