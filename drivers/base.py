@@ -108,7 +108,8 @@ def check_pulse(limits: Limits, voltage: np.ndarray, width: np.ndarray) -> None:
     if np.any(voltage > limits.v_reset_max):
         raise LimitError(
             "voltage",
-            f"RESET pulse above {limits.v_reset_max} V (limit v_reset_max = {limits.v_reset_max} V)",
+            f"RESET pulse above {limits.v_reset_max} V "
+            f"(limit v_reset_max = {limits.v_reset_max} V)",
             limits.v_reset_max,
         )
     if np.any(width < limits.width_min):
@@ -161,6 +162,6 @@ class Backend(ABC):
     def safe_state(self) -> None:
         """0 V, outputs off, switch matrix open. Must not raise for a backend already safe."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook with a sensible default
+    def close(self) -> None:
         """Release resources; leaves the hardware in its safe state."""
         self.safe_state()
