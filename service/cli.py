@@ -19,12 +19,68 @@ def _bench_sim(args: argparse.Namespace) -> int:
     )
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from service.server import serve
+
+    return serve(config=args.config, host=args.host, port=args.port, log_level=args.log_level)
+
+
+def _bench_api(args: argparse.Namespace) -> int:
+    from service.bench_api import run_api_benchmark
+
+    return run_api_benchmark(
+        url=args.url,
+        rows=args.rows,
+        cols=args.cols,
+        requests=args.requests,
+        clients=args.clients,
+        duration=args.duration,
+        server_pid=args.server_pid,
+        report=args.report,
+    )
+
+
+def _emulate(args: argparse.Namespace) -> int:
+    from sim_backend.emulators import run_emulators
+
+    return run_emulators(args.config)
+
+
+def _bench_visa(args: argparse.Namespace) -> int:
+    from drivers.visa.benchmark import run_visa_benchmark
+
+    return run_visa_benchmark(
+        config=args.config, cycles=args.cycles, timing=args.timing, report=args.report
+    )
+
+
+def _train(args: argparse.Namespace) -> int:
+    from predictor.cli import train_command
+
+    return train_command(args)
+
+
+def _bench_programming(args: argparse.Namespace) -> int:
+    from predictor.cli import bench_command
+
+    return bench_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="memprog",
         description="Program memristor conductances on a simulated crossbar or a real bench.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the REST service (default http://127.0.0.1:8000)")
+    serve.add_argument("--config", default=None, help="TOML settings file (env vars override it)")
+    serve.add_argument("--host", default=None, help="interface (default: settings, 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="TCP port (default: settings, 8000)")
+    serve.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    serve.set_defaults(func=_serve)
 
     bench = sub.add_parser("bench", help="benchmarks that print their figures")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
@@ -36,6 +92,67 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--repeats", type=int, default=3, help="timed repetitions (best is kept)")
     sim.add_argument("--report", default=None, help="write the figures as JSON to this path")
     sim.set_defaults(func=_bench_sim)
+
+    api = bench_sub.add_parser(
+        "api", help="REST service: latency, throughput, server memory (starts one if no --url)"
+    )
+    api.add_argument("--url", default=None, help="a running service; default: start one")
+    api.add_argument("--rows", type=int, default=256, help="array rows of a started server")
+    api.add_argument("--cols", type=int, default=256, help="array cols of a started server")
+    api.add_argument("--requests", type=int, default=200, help="timed requests per latency")
+    api.add_argument("--clients", type=int, default=8, help="concurrent clients (throughput)")
+    api.add_argument(
+        "--duration", type=float, default=5.0, help="seconds of each throughput phase (bounded)"
+    )
+    api.add_argument(
+        "--server-pid", type=int, default=None, help="pid of the --url server (peak memory)"
+    )
+    api.add_argument("--report", default=None, help="write the figures as JSON to this path")
+    api.set_defaults(func=_bench_api)
+
+    visa = bench_sub.add_parser(
+        "visa", help="VISA bench over loopback emulators: SCPI round trips, time per cycle"
+    )
+    visa.add_argument("--config", default=None, help="bench TOML (default: a built-in 4x4 bench)")
+    visa.add_argument("--cycles", type=int, default=200, help="pulse-and-verify cycles each")
+    visa.add_argument("--timing", action="store_true", help="emulate instrument timing (NPLC)")
+    visa.add_argument("--report", default=None, help="write the figures as JSON to this path")
+    visa.set_defaults(func=_bench_visa)
+
+    prog = bench_sub.add_parser(
+        "programming", help="pulse predictor vs baselines on held-out simulated devices"
+    )
+    prog.add_argument("--out", default="reports/programming", help="JSON + PNG directory")
+    prog.add_argument("--model", default=None, help="ONNX model (default: the shipped one)")
+    prog.add_argument("--rows", type=int, default=32)
+    prog.add_argument("--cols", type=int, default=32)
+    prog.add_argument("--seed", type=int, default=7001, help="held-out crossbar seed")
+    prog.add_argument("--read-noise", type=float, default=0.0, help="relative σ of reads")
+    prog.add_argument("--read-time", type=float, default=1e-6, help="s per read (device time)")
+    prog.add_argument("--tolerance", type=float, default=0.02, help="relative to the target")
+    prog.add_argument("--max-pulses", type=int, default=20, help="predictor's budget")
+    prog.add_argument("--baseline-max-pulses", type=int, default=200, help="ispp/fixed budget")
+    prog.add_argument("--no-bound", action="store_true", help="skip the blind one-shot bound")
+    prog.add_argument("--no-plots", action="store_true", help="JSON only")
+    prog.set_defaults(func=_bench_programming)
+
+    train = sub.add_parser("train", help="train, evaluate and export the pulse predictor")
+    train.add_argument("--out", default="predictor/models/default.onnx", help="ONNX file")
+    train.add_argument("--epochs", type=int, default=None, help="maximum epochs per polarity")
+    train.add_argument("--version", default=None, help="model version (metadata)")
+    train.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    train.add_argument("--quick", action="store_true", help="tiny data set (smoke test)")
+    train.add_argument("--no-eval", action="store_true", help="skip the validation run")
+    train.add_argument(
+        "--export-data", nargs="*", default=None, help="service /export files to add (measured)"
+    )
+    train.set_defaults(func=_train)
+
+    emulate = sub.add_parser(
+        "emulate", help="serve the SCPI/TSP instrument emulators of a bench file on loopback"
+    )
+    emulate.add_argument("--config", required=True, help="bench TOML (e.g. deploy/bench.toml)")
+    emulate.set_defaults(func=_emulate)
 
     return parser
 

@@ -1,0 +1,152 @@
+"""The simulated backend: :class:`drivers.base.Backend` over ``sim_backend.Crossbar``.
+
+The crossbar has no instruments, so the two things a bench adds are emulated here: the read
+current compliance (a current beyond ``limits.compliance`` is clipped and flagged, as an SMU in
+compliance reports its limit) and the safety limits (checked before the crossbar is touched).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from drivers.base import Backend, BackendInfo, Limits, ReadResult, check_pulse, check_read
+
+SIM_V_MIN = -0.9
+"""Most negative pulse voltage the simulator accepts (validated range of the fitted model), V."""
+SIM_V_MAX = 1.3
+"""Most positive pulse voltage the simulator accepts, V."""
+SIM_WIDTH_MIN = 1e-9
+"""Shortest pulse the simulator accepts, s."""
+SIM_WIDTH_MAX = 0.1
+"""Longest pulse the simulator accepts, s."""
+
+
+def check_limits_within_simulator(limits: Limits) -> None:
+    """Refuse limits the simulator could not honour (rejected at start, never clamped)."""
+    problems = []
+    if limits.v_set_max > -SIM_V_MIN:
+        problems.append(f"v_set_max {limits.v_set_max} V > simulator's {-SIM_V_MIN} V")
+    if limits.v_reset_max > SIM_V_MAX:
+        problems.append(f"v_reset_max {limits.v_reset_max} V > simulator's {SIM_V_MAX} V")
+    if limits.width_min < SIM_WIDTH_MIN:
+        problems.append(f"width_min {limits.width_min} s < simulator's {SIM_WIDTH_MIN} s")
+    if limits.width_max > SIM_WIDTH_MAX:
+        problems.append(f"width_max {limits.width_max} s > simulator's {SIM_WIDTH_MAX} s")
+    if problems:
+        raise ValueError("limits outside the simulator's range: " + "; ".join(problems))
+
+
+class SimBackend(Backend):
+    """A simulated crossbar of JART VCM v1b devices behind the backend contract."""
+
+    def __init__(
+        self,
+        crossbar,  # sim_backend.Crossbar (untyped here so importing drivers stays light)
+        limits: Limits | None = None,
+        *,
+        description: dict[str, object] | None = None,
+        state_file: str | Path | None = None,
+    ):
+        self.crossbar = crossbar
+        self.limits = limits if limits is not None else Limits()
+        check_limits_within_simulator(self.limits)
+        self._details = dict(description or {})
+        self._state_file = Path(state_file) if state_file is not None else None
+
+    @classmethod
+    def create(
+        cls,
+        rows: int,
+        cols: int,
+        *,
+        seed: int = 0,
+        variability: str = "realistic",
+        read_noise: float = 0.0,
+        stuck_fraction: float = 0.0,
+        limits: Limits | None = None,
+        state_file: str | Path | None = None,
+    ) -> SimBackend:
+        """A new array, or the one saved in ``state_file`` if that file exists."""
+        from sim_backend import Crossbar
+
+        if state_file is not None and Path(state_file).is_file():
+            crossbar = Crossbar.load(state_file)
+            origin = f"loaded from {state_file}"
+        else:
+            crossbar = Crossbar(
+                rows,
+                cols,
+                seed=seed,
+                variability=variability,
+                read_noise=read_noise,
+                stuck_fraction=stuck_fraction,
+            )
+            origin = "new"
+        details = {
+            "seed": seed,
+            "variability": variability,
+            "read_noise": read_noise,
+            "stuck_fraction": stuck_fraction,
+            "origin": origin,
+        }
+        return cls(crossbar, limits, description=details, state_file=state_file)
+
+    def describe(self) -> BackendInfo:
+        variability = self._details.get("variability", "unknown")
+        return BackendInfo(
+            kind="simulated",
+            rows=int(self.crossbar.rows),
+            cols=int(self.crossbar.cols),
+            limits=self.limits,
+            instruments={
+                "array": f"memprog simulated crossbar, JART VCM v1b, variability={variability}"
+            },
+            details=dict(self._details),
+        )
+
+    def read(self, rows: np.ndarray, cols: np.ndarray, v_read: float = 0.2) -> ReadResult:
+        check_read(self.limits, v_read)
+        rows, cols = self._cells(rows, cols)
+        current = np.asarray(self.crossbar.read_current(rows, cols, v_read=v_read), dtype=float)
+        # An SMU in compliance reports its limit, not the true current: emulate that.
+        tripped = np.abs(current) > self.limits.compliance
+        current = np.where(tripped, np.sign(current) * self.limits.compliance, current)
+        return ReadResult(
+            rows=rows,
+            cols=cols,
+            conductance=current / v_read,
+            current=current,
+            v_read=float(v_read),
+            compliance=tripped,
+        )
+
+    def pulse(
+        self, rows: np.ndarray, cols: np.ndarray, voltage: np.ndarray, width: np.ndarray
+    ) -> None:
+        rows, cols = self._cells(rows, cols)
+        voltage = np.broadcast_to(np.asarray(voltage, dtype=float), rows.shape)
+        width = np.broadcast_to(np.asarray(width, dtype=float), rows.shape)
+        check_pulse(self.limits, voltage, width)
+        self.crossbar.pulse(rows, cols, voltage, width)
+
+    def safe_state(self) -> None:
+        """Nothing is energised between calls in a simulation."""
+
+    def close(self) -> None:
+        if self._state_file is not None:
+            self._state_file.parent.mkdir(parents=True, exist_ok=True)
+            self.crossbar.save(self._state_file)
+
+    def _cells(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.atleast_1d(np.asarray(rows, dtype=np.int64))
+        cols = np.atleast_1d(np.asarray(cols, dtype=np.int64))
+        if rows.shape != cols.shape or rows.ndim != 1:
+            raise ValueError("rows and cols must be 1-d arrays of equal length")
+        n_rows, n_cols = self.crossbar.rows, self.crossbar.cols
+        outside = (rows < 0) | (rows >= n_rows) | (cols < 0) | (cols >= n_cols)
+        if np.any(outside):
+            i = int(np.argmax(outside))
+            raise IndexError(f"cell ({rows[i]}, {cols[i]}) outside the {n_rows}×{n_cols} array")
+        return rows, cols

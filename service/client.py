@@ -1,0 +1,178 @@
+"""A small client for lab scripts (httpx). SI units: S, V, s, A.
+
+    from service.client import MemprogClient
+
+    with MemprogClient("http://127.0.0.1:8000") as lab:
+        print(lab.health().backend)
+        g = lab.read([(0, 0), (0, 1)]).readings[0].conductance
+        lab.pulse([(0, 0)], voltage=-0.45, width=100e-9)
+        run = lab.program([(0, 0, 300e-6), (0, 1, 150e-6)], tolerance=0.02, max_pulses=100)
+        print(run.converged, [r.final for r in run.results])
+
+Answers are the service's own pydantic models (``service.models``). A 4xx/5xx raises
+:class:`MemprogError` carrying the status and the service's ``detail`` (which names the field).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import httpx
+
+from service.models import (
+    ArrayResponse,
+    HealthResponse,
+    ProgramResponse,
+    PulseResponse,
+    ReadResponse,
+    RunDetail,
+    RunList,
+)
+
+API = "/api/v1"
+
+
+class MemprogError(RuntimeError):
+    """The service refused or failed a request."""
+
+    def __init__(self, status_code: int, detail: object):
+        super().__init__(f"HTTP {status_code}: {detail}")
+        self.status_code = status_code
+        self.detail = detail
+
+
+TargetLike = Sequence[float] | Mapping[str, float]
+"""A target as (row, col, conductance in S) or {"row", "col", "conductance"}."""
+
+
+class MemprogClient:
+    """Synchronous client of one memprog service."""
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        *,
+        timeout: float = 600.0,
+        transport: httpx.BaseTransport | None = None,
+    ):
+        # Programming a large array on hardware can take minutes: the default timeout is long.
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
+
+    def __enter__(self) -> MemprogClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # --- the array --------------------------------------------------------------------------
+
+    def health(self) -> HealthResponse:
+        return HealthResponse.model_validate(self._get("/health"))
+
+    def array(self) -> ArrayResponse:
+        return ArrayResponse.model_validate(self._get("/array"))
+
+    def read(
+        self, cells: Iterable[Sequence[int]] | None = None, *, v_read: float | None = None
+    ) -> ReadResponse:
+        """Read ``cells`` ([(row, col), ...]); ``cells=None`` reads the whole array."""
+        body: dict[str, object] = (
+            {"all": True} if cells is None else {"cells": [list(c) for c in cells]}
+        )
+        if v_read is not None:
+            body["v_read"] = v_read
+        return ReadResponse.model_validate(self._post("/read", body))
+
+    def pulse(
+        self,
+        cells: Iterable[Sequence[int]],
+        voltage: float | Sequence[float],
+        width: float | Sequence[float],
+        *,
+        read_after: bool = False,
+        v_read: float | None = None,
+    ) -> PulseResponse:
+        """One pulse per cell: ``voltage`` in V (negative SETs), ``width`` in s."""
+        body: dict[str, object] = {
+            "cells": [list(c) for c in cells],
+            "voltage": voltage if isinstance(voltage, int | float) else list(voltage),
+            "width": width if isinstance(width, int | float) else list(width),
+            "read_after": read_after,
+        }
+        if v_read is not None:
+            body["v_read"] = v_read
+        return PulseResponse.model_validate(self._post("/pulse", body))
+
+    def program(
+        self,
+        targets: Iterable[TargetLike],
+        *,
+        tolerance: float = 0.02,
+        max_pulses: int = 20,
+        strategy: str | None = None,
+        verify: bool = True,
+        trace: bool = False,
+        v_read: float | None = None,
+    ) -> ProgramResponse:
+        """Program each (row, col, conductance in S) to within ``tolerance`` of its target."""
+        body: dict[str, object] = {
+            "targets": [_target(t) for t in targets],
+            "tolerance": tolerance,
+            "max_pulses": max_pulses,
+            "verify": verify,
+            "trace": trace,
+        }
+        if strategy is not None:
+            body["strategy"] = strategy
+        if v_read is not None:
+            body["v_read"] = v_read
+        return ProgramResponse.model_validate(self._post("/program", body))
+
+    # --- history ----------------------------------------------------------------------------
+
+    def runs(self, limit: int = 100, offset: int = 0) -> RunList:
+        return RunList.model_validate(self._get("/runs", limit=limit, offset=offset))
+
+    def run(self, run_id: int, *, trace: bool = False) -> RunDetail:
+        return RunDetail.model_validate(self._get(f"/runs/{run_id}", trace=trace))
+
+    def export_csv(self, run_id: int | None = None) -> str:
+        """Every recorded operation (or one run's) as CSV text."""
+        params: dict[str, object] = {"format": "csv"}
+        if run_id is not None:
+            params["run_id"] = run_id
+        response = self._http.get(f"{API}/export", params=params)
+        _raise_for(response)
+        return response.text
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def _get(self, path: str, **params: object) -> object:
+        response = self._http.get(API + path, params=params or None)
+        _raise_for(response)
+        return response.json()
+
+    def _post(self, path: str, body: Mapping[str, object]) -> object:
+        response = self._http.post(API + path, json=body)
+        _raise_for(response)
+        return response.json()
+
+
+def _target(target: TargetLike) -> dict[str, float]:
+    if isinstance(target, Mapping):
+        return {"row": target["row"], "col": target["col"], "conductance": target["conductance"]}
+    row, col, conductance = target
+    return {"row": int(row), "col": int(col), "conductance": float(conductance)}
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    try:
+        detail = response.json().get("detail")
+    except ValueError:
+        detail = response.text
+    raise MemprogError(response.status_code, detail)

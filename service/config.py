@@ -1,0 +1,167 @@
+"""Service configuration: environment variables (``MEMPROG_``, ``__`` for nesting) and a TOML file.
+
+Precedence, highest first: explicit keyword arguments, environment variables, the TOML file given
+to ``memprog serve --config FILE``, the defaults below. The defaults run out of the box on the
+simulator. Examples::
+
+    MEMPROG_BACKEND=sim MEMPROG_SIM__ROWS=256 MEMPROG_SIM__COLS=256 memprog serve
+    MEMPROG_LIMITS__V_SET_MAX=0.6 MEMPROG_DATABASE=/var/lib/memprog/ops.db memprog serve
+
+    # memprog.toml
+    backend = "sim"
+    database = "memprog.db"
+    [sim]
+    rows = 64
+    variability = "realistic"
+    [limits]
+    v_set_max = 0.8
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from drivers.base import Limits
+
+
+class SimSettings(BaseModel):
+    """The simulated crossbar (``MEMPROG_SIM__*``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rows: int = Field(64, ge=1, le=4096, description="Word lines of the simulated array.")
+    cols: int = Field(64, ge=1, le=4096, description="Bit lines of the simulated array.")
+    seed: int = Field(0, description="Seed of the device-to-device and cycle-to-cycle draws.")
+    variability: Literal["ideal", "d2d", "realistic"] = Field(
+        "realistic",
+        description="ideal: nominal devices; d2d: device-to-device spread; realistic: D2D + "
+        "cycle-to-cycle variation after every pulse.",
+    )
+    read_noise: float = Field(0.0, ge=0.0, le=1.0, description="Relative σ of read noise.")
+    stuck_fraction: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of stuck devices.")
+    state_file: Path | None = Field(
+        None,
+        description="If set, the array is loaded from this .npz at start (when it exists) and "
+        "saved to it at shutdown, so a simulated array survives a restart.",
+    )
+
+
+class LimitsSettings(BaseModel):
+    """Hard safety limits (``MEMPROG_LIMITS__*``). Requests beyond them are rejected (422)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    v_set_max: float = Field(0.9, gt=0, description="Largest |V| of a SET (negative) pulse, V.")
+    v_reset_max: float = Field(1.3, gt=0, description="Largest V of a RESET (positive) pulse, V.")
+    width_min: float = Field(1e-9, gt=0, description="Shortest pulse width, s.")
+    width_max: float = Field(0.1, gt=0, description="Longest pulse width, s.")
+    v_read_max: float = Field(0.3, gt=0, description="Largest |V| of a read, V.")
+    compliance: float = Field(1e-3, gt=0, description="Current compliance of reads, A.")
+
+    @model_validator(mode="after")
+    def _width_range(self) -> LimitsSettings:
+        if self.width_min > self.width_max:
+            raise ValueError(f"width_min {self.width_min} s exceeds width_max {self.width_max} s")
+        return self
+
+    def to_limits(self) -> Limits:
+        return Limits(**self.model_dump())
+
+
+class ServerSettings(BaseModel):
+    """Where ``memprog serve`` listens (``MEMPROG_SERVER__*``); CLI flags override."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field("127.0.0.1", description="Interface to bind; loopback by default.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port.")
+
+
+class ProgrammingSettings(BaseModel):
+    """Defaults and caps of the programming loop (``MEMPROG_PROGRAMMING__*``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    v_read: float = Field(0.2, description="Default read voltage, V.")
+    max_pulses_cap: int = Field(
+        1000, ge=1, description="Largest max_pulses a /program request may ask for."
+    )
+
+
+class PredictorSettings(BaseModel):
+    """The pulse predictor (``MEMPROG_PREDICTOR__*``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path | None = Field(
+        None,
+        description="ONNX model of the pulse predictor; default: the model shipped in "
+        "predictor/models/default.onnx. POST /api/v1/predictor/reload reads it again.",
+    )
+
+
+class Settings(BaseSettings):
+    """Everything the service needs; see the module docstring for the sources."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MEMPROG_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    backend: Literal["sim", "visa"] = Field(
+        "sim", description="sim: simulated crossbar; visa: a real bench over PyVISA."
+    )
+    database: Path = Field(Path("memprog.db"), description="SQLite file of every operation.")
+    bench_config: Path | None = Field(
+        None, description="Bench TOML for the visa backend (instruments, wiring, limits)."
+    )
+    sim: SimSettings = Field(default_factory=SimSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    programming: ProgrammingSettings = Field(default_factory=ProgrammingSettings)
+    predictor: PredictorSettings = Field(default_factory=PredictorSettings)
+
+    @model_validator(mode="after")
+    def _bench_config_for_visa(self) -> Settings:
+        if self.backend == "visa" and self.bench_config is None:
+            raise ValueError("backend 'visa' needs bench_config (MEMPROG_BENCH_CONFIG)")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
+        toml_file = settings_cls.model_config.get("toml_file")
+        if toml_file is not None:
+            sources += (TomlConfigSettingsSource(settings_cls, toml_file=toml_file),)
+        return sources
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: object) -> Settings:
+    """Settings from the environment, over the TOML ``config_file`` if given, over defaults."""
+    if config_file is None:
+        return Settings(**overrides)
+    path = Path(config_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+
+    class FileSettings(Settings):
+        model_config = SettingsConfigDict(toml_file=path)
+
+    return FileSettings(**overrides)

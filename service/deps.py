@@ -1,0 +1,28 @@
+"""FastAPI dependencies: the service state, its settings and its storage, per request."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.config import Settings
+from service.state import ServiceState
+from service.storage import Storage
+
+
+def get_state(request: Request) -> ServiceState:
+    return request.app.state.memprog
+
+
+def get_settings(state: Annotated[ServiceState, Depends(get_state)]) -> Settings:
+    return state.settings
+
+
+def get_storage(state: Annotated[ServiceState, Depends(get_state)]) -> Storage:
+    return state.storage
+
+
+StateDep = Annotated[ServiceState, Depends(get_state)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StorageDep = Annotated[Storage, Depends(get_storage)]

@@ -1,0 +1,140 @@
+"""The single owner of the backend: one worker thread, a FIFO queue of jobs.
+
+Every hardware operation runs as a job on this one thread, so operations of concurrent requests
+never interleave, and a job that spans many operations (a whole ``/program`` run) holds the
+backend until it ends. Requests queue instead of failing. A job keeps running if the client that
+asked for it goes away — a half-run programming loop would leave cells in an unknown state and
+the log would miss what was fired.
+
+After every job, whether it succeeded or failed, the owner commits the storage durably
+(fsync), so everything a request recorded is on disk before the request is answered.
+
+A bench may be unreachable when the service starts (or drop later): the backend's description
+(geometry, limits, identities) is then unknown, the service still starts, and every request
+that needs the backend asks for the description again (answering 503 while it stays
+unreachable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from drivers.base import Backend, BackendError, BackendInfo, BackendUnavailable
+from service.storage import Storage
+
+T = TypeVar("T")
+
+
+class BackendOwner:
+    """Runs jobs ``job(backend, storage)`` one at a time on a dedicated thread.
+
+    The backend is opened, used and closed on that thread, and so is the storage's write
+    connection: instrument sessions with thread affinity are safe.
+    """
+
+    def __init__(self, open_backend: Callable[[], Backend], open_storage: Callable[[], Storage]):
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backend-owner")
+        self._pending = 0
+        self._pending_lock = threading.Lock()
+        self._info: BackendInfo | None = None
+        self.unavailable: str | None = None
+        """Why the backend could not be described, while it cannot."""
+        self.backend, self.storage = self._executor.submit(
+            self._open, open_backend, open_storage
+        ).result()
+
+    def _open(
+        self, open_backend: Callable[[], Backend], open_storage: Callable[[], Storage]
+    ) -> tuple[Backend, Storage]:
+        backend = open_backend()
+        try:
+            storage = open_storage()
+        except BaseException:
+            backend.close()
+            raise
+        self.backend, self.storage = backend, storage
+        try:
+            self._describe()
+        except BackendUnavailable:
+            pass  # start anyway; requests retry and answer 503 meanwhile
+        return backend, storage
+
+    # --- the description ---------------------------------------------------------------------
+
+    @property
+    def info(self) -> BackendInfo | None:
+        """The backend's description, None while it has never been reachable."""
+        return self._info
+
+    async def describe(self) -> BackendInfo:
+        """The description, asking the backend (through the queue) if it is not known yet.
+
+        Raises :class:`BackendUnavailable` while the backend cannot be reached.
+        """
+        if self._info is not None:
+            return self._info
+        return await self.run(lambda backend, storage: self._describe())
+
+    def _describe(self) -> BackendInfo:
+        """On the owner thread: describe once, and tell the storage what kind it records."""
+        if self._info is None:
+            try:
+                info = self.backend.describe()
+            except BackendUnavailable as exc:
+                self.unavailable = str(exc) or type(exc).__name__
+                raise
+            self.storage.backend_kind = info.kind
+            self._info, self.unavailable = info, None
+        return self._info
+
+    # --- jobs ------------------------------------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        """Jobs waiting or running."""
+        return self._pending
+
+    async def run(self, job: Callable[[Backend, Storage], T]) -> T:
+        """Queue ``job`` and wait for its result (its exceptions propagate)."""
+        with self._pending_lock:
+            self._pending += 1
+        future = self._executor.submit(self._guarded, job)
+        # shield: a cancelled request must not cancel a queued job's bookkeeping
+        return await asyncio.shield(asyncio.wrap_future(future))
+
+    def _guarded(self, job: Callable[[Backend, Storage], T]) -> T:
+        try:
+            self._describe()  # no operation on a backend that was never described
+            return job(self.backend, self.storage)
+        except BackendError:
+            # The contract says the backend is already safe; make sure, then report the
+            # original error (a bench that is unreachable cannot confirm it, and says so).
+            try:
+                self.backend.safe_state()
+            except BackendError:
+                pass
+            raise
+        finally:
+            try:
+                # Before any answer, success or failure: what was recorded is on disk.
+                self.storage.commit_durable()
+            finally:
+                with self._pending_lock:
+                    self._pending -= 1
+
+    def shutdown(self) -> None:
+        """Finish the queued jobs, then release the backend (safe state) and the database."""
+        try:
+            self._executor.submit(self._close).result()
+        finally:
+            self._executor.shutdown(wait=True)
+
+    def _close(self) -> None:
+        try:
+            self.backend.close()
+        finally:
+            self.storage.close()
