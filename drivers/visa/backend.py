@@ -1,0 +1,262 @@
+"""``VisaBackend``: the real bench behind the :class:`drivers.base.Backend` contract.
+
+Composes a Keithley 2450 (reads), a Keysight 33500B (pulses) and an optional Keithley 707B
+(routing) from a :class:`~drivers.visa.bench.BenchConfig`. Every request is checked against the
+limits and the instruments' ranges before any I/O. Operations are serialised (one operation at a
+time, each instrument with its own owner and lock); any failure puts the bench into its safe
+state (0 V, outputs off, matrix open) before the error is raised.
+
+SCPI round trips per cell: a read is one (plus one matrix switch if the route changes), a pulse
+with an unchanged shape is one (plus the switch), a changed shape adds one. With ``routing =
+"shared"`` or without a matrix a pulse-and-verify cycle on one cell costs two round trips.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Literal
+
+import numpy as np
+
+from drivers.base import (
+    Backend,
+    BackendError,
+    BackendInfo,
+    BackendUnavailable,
+    LimitError,
+    ReadResult,
+    check_pulse,
+    check_read,
+)
+from drivers.visa.bench import BenchConfig
+from drivers.visa.keithley707b import Keithley707B
+from drivers.visa.keithley2450 import Keithley2450
+from drivers.visa.keysight33500b import Keysight33500B, check_pulse_shape
+from drivers.visa.scpi import InstrumentError
+from drivers.visa.transport import Instrument, Session
+
+log = logging.getLogger("memprog.visa")
+
+
+class VisaBackend(Backend):
+    """A crossbar on a real (or emulated) bench of VISA instruments."""
+
+    def __init__(self, config: BenchConfig):
+        self.config = config
+        self.limits = config.limits.to_limits()
+        self.smu_driver = Keithley2450(config.smu, self.limits.compliance)
+        self.pulser_driver = Keysight33500B(config.pulser)
+        self.matrix_driver = Keithley707B(config.matrix) if config.matrix else None
+        self.instruments: dict[str, Instrument] = {}
+        try:
+            self.instruments["smu"] = Instrument(
+                "smu", config.smu, config.retry, self.smu_driver.on_connect
+            )
+            self.instruments["pulser"] = Instrument(
+                "pulser", config.pulser, config.retry, self.pulser_driver.on_connect
+            )
+            if self.matrix_driver is not None:
+                self.instruments["matrix"] = Instrument(
+                    "matrix", config.matrix, config.retry, self.matrix_driver.on_connect
+                )
+        except BaseException:
+            for inst in self.instruments.values():
+                inst.close()
+            raise
+        self._op_lock = threading.RLock()
+        self._closed = False
+
+    # -- statistics -----------------------------------------------------------------------------
+
+    @property
+    def round_trips(self) -> int:
+        """SCPI round trips (replies waited for) over all instruments since start."""
+        return sum(inst.stats.round_trips for inst in self.instruments.values())
+
+    def io_stats(self) -> dict[str, dict[str, int]]:
+        return {role: inst.stats.snapshot() for role, inst in self.instruments.items()}
+
+    # -- the contract -----------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Connect to every instrument (configure it, make it safe); BackendUnavailable if not."""
+        with self._op_lock:
+            self._check_open()
+
+    def describe(self) -> BackendInfo:
+        self.connect()
+        drivers = {"smu": self.smu_driver, "pulser": self.pulser_driver,
+                   "matrix": self.matrix_driver}
+        return BackendInfo(
+            kind="hardware",
+            rows=self.config.rows,
+            cols=self.config.cols,
+            limits=self.limits,
+            instruments={role: drivers[role].idn for role in self.instruments},  # type: ignore[union-attr]
+            details={
+                "bench": self.config.name,
+                "routing": self.config.matrix.routing if self.config.matrix else "none",
+                "resources": {r: i.config.resource for r, i in self.instruments.items()},
+                "io": self.io_stats(),
+            },
+        )
+
+    def read(self, rows: np.ndarray, cols: np.ndarray, v_read: float = 0.2) -> ReadResult:
+        v_read = float(v_read)
+        check_read(self.limits, v_read)
+        r_arr, c_arr = self._cells(rows, cols)
+        current = np.zeros(r_arr.shape, dtype=float)
+        tripped = np.zeros(r_arr.shape, dtype=bool)
+        smu = self.instruments["smu"]
+        with self._op_lock:
+            try:
+                self._check_open()
+                for k, (r, c) in enumerate(zip(r_arr.tolist(), c_arr.tolist(), strict=True)):
+                    self._route(r, c, "smu")
+                    current[k], tripped[k] = smu.run(
+                        lambda s: self.smu_driver.measure(s, v_read), what=f"read of ({r}, {c})"
+                    )
+            except BaseException as e:
+                err = self._fail(e)
+                if err is e:
+                    raise
+                raise err from e
+        return ReadResult(
+            rows=r_arr, cols=c_arr, conductance=current / v_read, current=current,
+            v_read=v_read, compliance=tripped,
+        )
+
+    def pulse(
+        self, rows: np.ndarray, cols: np.ndarray, voltage: np.ndarray, width: np.ndarray
+    ) -> None:
+        check_pulse(self.limits, voltage, width)
+        r_arr, c_arr = self._cells(rows, cols)
+        try:
+            r_arr, c_arr, v_arr, w_arr = (
+                np.ravel(a) for a in np.broadcast_arrays(
+                    r_arr, c_arr, np.asarray(voltage, float), np.asarray(width, float)
+                )
+            )
+        except ValueError:
+            raise LimitError("voltage", "voltage and width must match the cells") from None
+        # Every shape is checked against the generator's ranges before anything is sent.
+        shapes = [check_pulse_shape(self.pulser_driver, v, w)
+                  for v, w in zip(v_arr.tolist(), w_arr.tolist(), strict=True)]
+        pulser = self.instruments["pulser"]
+        done = 0
+        uncertain = False
+        with self._op_lock:
+            try:
+                self._check_open()
+                for r, c, shape in zip(r_arr.tolist(), c_arr.tolist(), shapes, strict=True):
+                    self._route(r, c, "pulser")
+                    pulser.run(lambda s, shape=shape: self.pulser_driver.apply_shape(s, shape),
+                               what="pulse shape")
+                    try:
+                        pulser.run(self.pulser_driver.fire, idempotent=False,
+                                   what=f"pulse on ({r}, {c})")
+                    except InstrumentError as e:
+                        done += e.fired
+                        raise
+                    except BackendUnavailable as e:
+                        # the fire command was out but no reply came: fired or not, unknown
+                        uncertain = getattr(e, "command_sent", False)
+                        raise
+                    done += 1
+            except BaseException as e:
+                err = self._fail(e)
+                if isinstance(err, BackendError) and len(shapes) > 1:
+                    unavailable = isinstance(err, BackendUnavailable)
+                    cls = BackendUnavailable if unavailable else BackendError
+                    err = cls(f"{err} [{done} of the {len(shapes)} pulses of this request had "
+                              "been fired]")
+                if isinstance(err, BackendError):
+                    # For the caller's log: pulses[:completed] were fired; pulse[completed]
+                    # may have been (uncertain) when its reply never came.
+                    err.completed = done  # type: ignore[attr-defined]
+                    err.uncertain = uncertain  # type: ignore[attr-defined]
+                if err is e:
+                    raise
+                raise err from e
+
+    def safe_state(self) -> None:
+        """Pulser output off, SMU output off at 0 V, matrix open (each tried; all reported)."""
+        problems = []
+        drivers = [("pulser", self.pulser_driver), ("smu", self.smu_driver),
+                   ("matrix", self.matrix_driver)]
+        for role, driver in drivers:
+            inst = self.instruments.get(role)
+            if inst is None or driver is None:
+                continue
+            try:
+                inst.run(driver.safe, what="safe state")
+            except BackendError as e:
+                problems.append(str(e))
+        if problems:
+            raise BackendUnavailable("safe state not confirmed: " + " | ".join(problems))
+
+    def close(self) -> None:
+        with self._op_lock:
+            if self._closed:
+                return
+            try:
+                self.safe_state()
+            except BackendError as e:
+                log.warning("close: %s", e)
+            finally:
+                self._closed = True
+                for inst in self.instruments.values():
+                    inst.close()
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        """Refuse a closed backend; connect (configure, make safe) every instrument not connected.
+
+        All of them, before any operation: an instrument left in an unknown state (say the
+        pulser's output on from an earlier session) must be safe before another one is used.
+        """
+        if self._closed:
+            raise BackendUnavailable("the VISA backend is closed")
+        for inst in self.instruments.values():
+            if not inst.connected:
+                inst.run(_noop, what="connect")
+
+    def _cells(self, rows, cols) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            r_arr, c_arr = np.broadcast_arrays(np.asarray(rows), np.asarray(cols))
+        except ValueError:
+            raise LimitError("rows", "rows and cols must have matching shapes") from None
+        for name, arr, n in (("rows", r_arr, self.config.rows), ("cols", c_arr, self.config.cols)):
+            if arr.size and (arr.dtype.kind not in "iu" or arr.min() < 0 or arr.max() >= n):
+                raise LimitError(name, f"cell indices must be integers in 0 ... {n - 1}")
+        return np.ravel(r_arr).astype(np.int64), np.ravel(c_arr).astype(np.int64)
+
+    def _route(self, row: int, col: int, role: Literal["smu", "pulser"]) -> None:
+        if self.matrix_driver is None:
+            return
+        destination = "both" if self.config.matrix.routing == "shared" else role  # type: ignore[union-attr]
+        self.instruments["matrix"].run(
+            lambda s: self.matrix_driver.route(s, row, col, destination),  # type: ignore[union-attr]
+            what=f"route ({row}, {col}) to {destination}",
+        )
+
+    def _fail(self, error: BaseException) -> BaseException:
+        """Safe state after a failed operation; the error to raise."""
+        if self._closed:
+            return error
+        try:
+            self.safe_state()
+        except BackendError as e:
+            log.error("safe state after %s failed: %s", type(error).__name__, e)
+            if isinstance(error, BackendError):
+                cls = BackendUnavailable if isinstance(error, BackendUnavailable) else BackendError
+                return cls(f"{error} (and the safe state was not confirmed: {e})")
+        if isinstance(error, BackendError | LimitError) or not isinstance(error, Exception):
+            return error
+        return BackendError(f"{type(error).__name__}: {error}")
+
+
+def _noop(_session: Session) -> None:
+    return None

@@ -1,0 +1,50 @@
+"""Handlers of ``memprog train`` and ``memprog bench programming`` (imported lazily)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def train_command(args: argparse.Namespace) -> int:
+    try:
+        from predictor import train
+    except ImportError as exc:  # torch is the optional `train` extra
+        raise SystemExit(
+            f"memprog train needs the training extra (pip install 'memprog[train]'): {exc}"
+        ) from exc
+
+    cfg = train.TrainConfig()
+    if args.quick:
+        cfg = train.quick_config()
+    if args.epochs is not None:
+        cfg.epochs = args.epochs
+    if args.version is not None:
+        cfg.version = args.version
+    cfg.threads = args.threads
+    meta = train.run(args.out, cfg, export_data=args.export_data, evaluate=not args.no_eval)
+    metrics = meta["metrics"]
+    print(json.dumps({k: metrics[k] for k in ("set", "reset", "time_s") if k in metrics},
+                     indent=2))
+    return 0
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    from predictor.evaluate import Scenario, run_benchmark
+    from predictor.runtime import DEFAULT_MODEL
+
+    sc = Scenario(
+        rows=args.rows,
+        cols=args.cols,
+        seed=args.seed,
+        read_noise=args.read_noise,
+        tolerance=args.tolerance,
+        max_pulses=args.max_pulses,
+        baseline_max_pulses=args.baseline_max_pulses,
+        read_time=args.read_time,
+    )
+    run_benchmark(
+        args.out, args.model or DEFAULT_MODEL, sc, bound=not args.no_bound,
+        plots=not args.no_plots,
+    )
+    return 0

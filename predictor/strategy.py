@@ -1,0 +1,159 @@
+"""The ``predictor`` strategy of ``/program`` (the default), and the service's loaded model.
+
+``service.programming`` imports this module at its end, which registers the strategy and makes
+it the default. The model is loaded when the service starts (:func:`startup`); if it cannot be
+loaded the service still starts, ``/health`` says why, ``/program`` falls back to ``ispp`` as
+its default, and an explicit ``strategy: "predictor"`` is answered with an error.
+:func:`reload` swaps in a new model file (e.g. one fine-tuned on the lab's own ``/export``)
+without restarting; runs in flight finish on the model they started with.
+
+Never imports torch.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from drivers.base import Limits
+from predictor.control import PolicyConfig, PredictorPlanner
+from predictor.runtime import DEFAULT_MODEL, PulsePredictor
+from service.programming import Planner, Strategy, register_strategy, set_default_strategy
+
+FALLBACK_STRATEGY = "ispp"
+
+
+class PredictorUnavailable(RuntimeError):
+    """The pulse-predictor model is not loaded (see ``/health``)."""
+
+
+_lock = threading.Lock()
+_state: dict = {"predictor": None, "path": None, "error": None}
+
+
+def startup(path: str | Path | None = None) -> dict:
+    """Load the model at service start. Never raises: returns the ``/health`` description and
+    sets the default strategy (``predictor`` when loaded, ``ispp`` otherwise)."""
+    model = Path(path) if path is not None else DEFAULT_MODEL
+    with _lock:
+        _state["path"] = model
+        try:
+            _state["predictor"] = PulsePredictor(model)
+            _state["error"] = None
+        except Exception as exc:  # any load failure: the service starts without the model
+            _state["predictor"] = None
+            _state["error"] = f"{type(exc).__name__}: {exc}"
+    set_default_strategy("predictor" if _state["predictor"] is not None else FALLBACK_STRATEGY)
+    return status()
+
+
+def reload(path: str | Path | None = None) -> dict:
+    """Load the model file again (or ``path``) and swap it in; raises if it cannot be loaded
+    (the model in use then stays)."""
+    with _lock:
+        model = Path(path) if path is not None else (_state["path"] or DEFAULT_MODEL)
+        # A new object: runs in flight keep the model they started with to their end.
+        _state["predictor"] = PulsePredictor(model)
+        _state["path"] = model
+        _state["error"] = None
+    set_default_strategy("predictor")
+    return status()
+
+
+def status() -> dict:
+    """What ``/health`` reports: name, version and file of the model, or why there is none."""
+    p = _state["predictor"]
+    if p is None:
+        return {
+            "status": "unavailable",
+            "path": str(_state["path"] or DEFAULT_MODEL),
+            "error": _state["error"] or "not loaded",
+            "fallback_strategy": FALLBACK_STRATEGY,
+        }
+    meta = p.metadata
+    return {
+        "status": "loaded",
+        "name": p.name,
+        "version": p.version,
+        "path": str(p.path),
+        "voltages": meta["voltages"]["set"] + meta["voltages"]["reset"],
+        "target_range": [meta["conductance_range"]["target_min"],
+                         meta["conductance_range"]["target_max"]],
+    }
+
+
+def current() -> PulsePredictor:
+    p = _state["predictor"]
+    if p is None:
+        p = _lazy_default()
+    return p
+
+
+def _lazy_default() -> PulsePredictor:
+    """Outside the service (tests, scripts) the strategy loads the shipped model on first use."""
+    with _lock:
+        if _state["predictor"] is None and _state["error"] is None:
+            try:
+                _state["predictor"] = PulsePredictor(_state["path"] or DEFAULT_MODEL)
+            except Exception as exc:
+                _state["error"] = f"{type(exc).__name__}: {exc}"
+        if _state["predictor"] is None:
+            raise PredictorUnavailable(f"the pulse predictor is not loaded: {_state['error']}")
+        return _state["predictor"]
+
+
+@register_strategy("predictor")
+@dataclass(frozen=True)
+class PredictorStrategy(Strategy):
+    """Neural pulse predictor: predict, pulse, read, re-predict with the device's own latent.
+
+    Amplitudes come from the model's metadata (the largest |V| within the limits whose
+    predicted width is at least ``width_floor``); the first pulse assumes the fastest devices
+    (an undershoot that measures how slow a device is), every later pulse uses the latent
+    inferred from the device's previous pulse. One shot (``verify: false``) uses the model's
+    one-shot prior instead. Targets outside the model's trained range are rejected.
+    """
+
+    aim_fraction: float = 1.0
+    width_floor: float = 2e-9
+    first_latent: float = -1.0
+
+    def begin(self, target: np.ndarray, limits: Limits) -> Planner:
+        config = PolicyConfig(first_latent=self.first_latent, aim_fraction=self.aim_fraction,
+                              width_floor=self.width_floor)
+        return _ServicePlanner(
+            PredictorPlanner(
+                current(),
+                target,
+                v_set_max=limits.v_set_max,
+                v_reset_max=limits.v_reset_max,
+                width_min=limits.width_min,
+                width_max=limits.width_max,
+                config=config,
+            )
+        )
+
+
+class _ServicePlanner(Planner):
+    """The service's planner contract around :class:`PredictorPlanner`."""
+
+    def __init__(self, inner: PredictorPlanner):
+        self.inner = inner
+
+    def one_shot(self) -> None:
+        """A run without verify: the single pulse uses the model's one-shot prior latent."""
+        self.inner.cfg = PolicyConfig(
+            first_latent=None,
+            first_fraction=self.inner.cfg.first_fraction,
+            aim_fraction=self.inner.cfg.aim_fraction,
+            width_floor=self.inner.cfg.width_floor,
+        )
+
+    def choose(self, idx: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.inner.choose(idx, g)
+
+
+set_default_strategy("predictor")
