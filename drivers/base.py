@@ -24,7 +24,15 @@ BackendKind = Literal["simulated", "hardware"]
 
 
 class BackendError(RuntimeError):
-    """A backend operation failed; the backend has been put into its safe state."""
+    """A backend operation failed; the backend has been put into its safe state.
+
+    For a failed pulse batch, ``completed`` says how many pulses of the batch (in the order
+    given) were fired before the failure, and ``uncertain`` that the next one may have been
+    fired too (its trigger went out but no confirmation came back). The caller records them.
+    """
+
+    completed: int = 0
+    uncertain: bool = False
 
 
 class BackendUnavailable(BackendError):
@@ -161,6 +169,16 @@ class Backend(ABC):
     @abstractmethod
     def safe_state(self) -> None:
         """0 V, outputs off, switch matrix open. Must not raise for a backend already safe."""
+
+    def emergency_stop(self) -> None:
+        """Outputs off and safe state *now*: called from another thread while an operation may
+        be running on the owner's thread (the service's ``POST /emergency-stop``).
+
+        The default is :meth:`safe_state`. A backend whose operations loop over cells (a bench
+        pulsing a batch one cell at a time) should also make the running operation stop before
+        its next pulse (raising :class:`BackendError`) and must not wait for it to end.
+        """
+        self.safe_state()
 
     def close(self) -> None:
         """Release resources; leaves the hardware in its safe state."""

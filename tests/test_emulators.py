@@ -4,8 +4,12 @@ driven directly."""
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -387,3 +391,44 @@ def test_faults_from_the_bench_file_and_loopback_only():
     remote = cfg.with_resources({"smu": "TCPIP0::192.0.2.1::5025::SOCKET"})
     with pytest.raises(ValueError, match="loopback only"):
         EmulatorRunner(remote, free_ports=False).start()
+
+
+def test_memprog_emulate_serves_a_bench_file(tmp_path):
+    ports = []
+    for _ in range(3):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    cfg = bench().with_resources(
+        {role: f"TCPIP0::127.0.0.1::{port}::SOCKET"
+         for role, port in zip(("smu", "pulser", "matrix"), ports, strict=True)}
+    )
+    path = tmp_path / "bench.toml"
+    path.write_text(cfg.to_toml())
+    script = Path(sys.executable).with_name("memprog")
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "service.cli"]
+    proc = subprocess.Popen([*command, "emulate", "--config", str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert "emulators running" in "".join(proc.stdout.readline() for _ in range(7))
+        c = Client(f"TCPIP0::127.0.0.1::{ports[1]}::SOCKET")
+        try:
+            assert c.ask("*IDN?").startswith("Keysight Technologies,33511B,EMULATED")
+        finally:
+            c.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+
+
+def test_two_sources_and_a_dc_rest_level_are_flagged(emu, smu, pulser, matrix):
+    assert matrix.ask('channel.exclusiveclose("1A01,1B04,1C01,1D04") '
+                      'print(errorqueue.count)') == "0.00000e+00"
+    # the *RST pulse levels (+-0.05 V) rest at -0.05 V: not 0 V while the output is on
+    assert pulser.ask("OUTP1 ON;:OUTP1 OFF;*OPC?") == "1"
+    assert smu.ask(":OUTP ON;*OPC?") == "1"
+    assert pulser.ask("OUTP1 ON;*OPC?") == "1"
+    assert pulser.ask("OUTP1 OFF;*OPC?") == "1"
+    assert smu.ask(":OUTP OFF;*OPC?") == "1"
+    kinds = [v["kind"] for v in emu.state()["violations"]]
+    assert kinds.count("dc_rest") == 2 and "two_sources" in kinds

@@ -15,6 +15,7 @@ import pytest
 from drivers.visa.bench import parse_bench
 from service.client import MemprogClient, MemprogError
 from service.launch import ServerProcess
+from service.recording import UNCERTAIN
 from sim_backend import Crossbar
 from sim_backend.emulators import EmulatorRunner
 
@@ -72,12 +73,19 @@ class Rig:
         return list(csv.DictReader(io.StringIO(self.lab.export_csv())))
 
     def assert_db_matches_bench(self) -> None:
-        """Every pulse and read the emulated bench saw is in the database, cell by cell."""
-        pulses = np.zeros((ROWS, COLS), dtype=np.int64)
+        """Every pulse the emulated bench saw is in the database, cell by cell.
+
+        A pulse recorded as uncertain (its trigger went out, no confirmation came back) may or
+        may not have reached the device; every other recorded pulse did.
+        """
+        certain = np.zeros((ROWS, COLS), dtype=np.int64)
+        uncertain = np.zeros((ROWS, COLS), dtype=np.int64)
         for op in self.ops():
             if op["kind"] == "pulse":
-                pulses[int(op["row"]), int(op["col"])] += 1
-        np.testing.assert_array_equal(pulses, self.emu.bench.pulse_counts)
+                (uncertain if op["note"] else certain)[int(op["row"]), int(op["col"])] += 1
+        bench = self.emu.bench.pulse_counts
+        assert np.all(certain <= bench), (certain, bench)
+        assert np.all(bench <= certain + uncertain), (certain, uncertain, bench)
 
 
 def sim_server(tmp_path, variability: str) -> ServerProcess:
@@ -122,16 +130,26 @@ def lab_script(lab: MemprogClient, strategy: str) -> dict:
     }
 
 
-def assert_same_as_sim(visa: dict, sim: dict) -> None:
+def assert_same_as_sim(visa: dict, sim: dict, exact: bool) -> None:
+    """Same reads (to the 7 digits a 2450 reading carries) and the same outcome. ``exact``: the
+    same decisions pulse for pulse (ISPP's steps are discrete). A predictor's widths are a
+    continuous function of the reads, and its closed loop amplifies the last digit (1e-3 after a
+    few steps): the same cells converge with about as many pulses."""
     np.testing.assert_allclose(visa["first"], sim["first"], rtol=2e-6)
     np.testing.assert_allclose(visa["pulsed"], sim["pulsed"], rtol=2e-6)
-    assert visa["pulses"] == sim["pulses"]  # the same decisions, pulse for pulse
-    assert [r[:3] for r in visa["run"]] == [r[:3] for r in sim["run"]]
-    np.testing.assert_allclose([r[3] for r in visa["run"]], [r[3] for r in sim["run"]], rtol=2e-6)
-    assert visa["converged"] == sim["converged"]
+    assert [r[:2] for r in visa["run"]] == [r[:2] for r in sim["run"]]
+    assert [r[4] for r in visa["run"]] == [r[4] for r in sim["run"]]  # converged, cell by cell
+    if exact:
+        assert visa["pulses"] == sim["pulses"]
+        assert [r[2] for r in visa["run"]] == [r[2] for r in sim["run"]]
+        np.testing.assert_allclose([r[3] for r in visa["run"]], [r[3] for r in sim["run"]],
+                                   rtol=2e-6)
+    else:
+        assert abs(len(visa["pulses"]) - len(sim["pulses"])) <= 0.1 * len(sim["pulses"])
 
 
-def test_lab_script_scenario_as_on_sim(tmp_path):
+@pytest.mark.parametrize("strategy", ["ispp", "predictor"])
+def test_lab_script_scenario_as_on_sim(tmp_path, strategy):
     """d2d devices (no cycle-to-cycle draws): a bench fires a batch one cell at a time, the
     simulator in one call, so only without C2C noise do both consume the same random numbers."""
     rig = Rig(tmp_path / "visa", variability="d2d", timing=True)
@@ -141,7 +159,7 @@ def test_lab_script_scenario_as_on_sim(tmp_path):
         assert health.instruments["smu"].startswith("KEITHLEY INSTRUMENTS,MODEL 2450,EMULATED")
         assert health.instruments["pulser"].startswith("Keysight Technologies,33511B,EMULATED")
         assert "Model 707B, EMULATED" in health.instruments["matrix"]
-        visa = lab_script(rig.lab, "ispp")
+        visa = lab_script(rig.lab, strategy)
         assert visa["converged"] >= 0.95 * len(TARGETS)
         rig.assert_db_matches_bench()
         assert rig.emu.state()["violations"] == []
@@ -151,14 +169,15 @@ def test_lab_script_scenario_as_on_sim(tmp_path):
     assert rig.emu.state()["instruments"]["matrix"]["closed"] == []  # shutdown: safe state
     with sim_server(tmp_path / "sim", "d2d") as server, MemprogClient(server.url) as lab:
         assert lab.health().backend == "simulated"
-        sim = lab_script(lab, "ispp")
-    assert_same_as_sim(visa, sim)
+        sim = lab_script(lab, strategy)
+    assert_same_as_sim(visa, sim, exact=strategy == "ispp")
 
 
-def test_program_ispp_converges_on_realistic_devices(tmp_path):
+@pytest.mark.parametrize("strategy", ["ispp", "predictor"])
+def test_program_converges_on_realistic_devices(tmp_path, strategy):
     rig = Rig(tmp_path, variability="realistic")
     try:
-        run = rig.lab.program(TARGETS, strategy="ispp", tolerance=0.02, max_pulses=100)
+        run = rig.lab.program(TARGETS, strategy=strategy, tolerance=0.02, max_pulses=100)
         assert run.converged >= 0.95 * len(TARGETS)
         widths = {float(op["width"]) for op in rig.ops() if op["kind"] == "pulse"}
         assert min(widths) >= 1.6e-8  # within what the 33500B can make
@@ -239,7 +258,7 @@ def test_injected_faults_through_the_service(tmp_path):
         assert emu.state()["instruments"]["matrix"]["closed"] == []
         assert len(lab.read([(0, 1)]).readings) == 1
 
-        # a pulse whose fire command is dropped: 503, not repeated, not fired, not recorded
+        # a pulse whose fire command is dropped: 503, not repeated, not fired, recorded uncertain
         emu.inject(instrument="pulser", kind="drop", match="*TRG")
         fired += 1
         with pytest.raises(MemprogError) as failed:
@@ -249,6 +268,9 @@ def test_injected_faults_through_the_service(tmp_path):
         check_after(fired)
         assert emu.bench.pulse_counts[4, 4] == 0
         rig.assert_db_matches_bench()
+        # the service cannot know it did not fire: kept in the log, flagged as uncertain
+        assert [op["note"] for op in rig.ops() if op["kind"] == "pulse"
+                and (op["row"], op["col"]) == ("4", "4")] == [UNCERTAIN]
 
         # the instrument reports an error with the pulse: 502, clear message
         emu.inject(instrument="pulser", kind="error", match="*TRG")
@@ -264,14 +286,6 @@ def test_injected_faults_through_the_service(tmp_path):
     assert emu.outputs_off()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service: a pulse request that fails after the bench fired (instrument error after "
-    "the burst, or no reply to the fire command) records nothing; VisaBackend reports "
-    "error.completed (pulses fired) and error.uncertain (the last one may have been), which "
-    "the /pulse and /program jobs should record before answering",
-    raises=AssertionError,  # only the database check may fail; anything else is a real failure
-)
 @pytest.mark.parametrize("kind", ["error", "slow"])
 def test_database_keeps_pulses_fired_before_a_failure(tmp_path, kind):
     rig = Rig(tmp_path, variability="realistic")
@@ -287,6 +301,10 @@ def test_database_keeps_pulses_fired_before_a_failure(tmp_path, kind):
         if rig.emu.bench.pulse_counts[0, :3].tolist() != [1, 1, 0]:
             pytest.fail("the fault did not hit the second pulse")
         rig.assert_db_matches_bench()
+        notes = [op["note"] for op in rig.ops() if op["kind"] == "pulse"]
+        # an instrument error after the burst: both fired for sure; no reply: the second is
+        # kept but flagged as uncertain
+        assert notes == (["", ""] if kind == "error" else ["", UNCERTAIN])
     finally:
         rig.close()
 

@@ -366,3 +366,16 @@ def _closed_port() -> int:
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def test_a_2450_not_in_scpi_mode_is_refused_clearly():
+    with EmulatorRunner(bench(rows=1, cols=1)) as emu:
+        emu.bench.smu.language = "TSP"
+        backend = VisaBackend(emu.config)
+        try:
+            with pytest.raises(BackendError, match="command mode; set it to SCPI") as info:
+                backend.read(*cell(0, 0))
+            assert not isinstance(info.value, BackendUnavailable)
+            assert emu.state()["reads"] == 0
+        finally:
+            backend.close()

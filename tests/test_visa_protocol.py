@@ -4,6 +4,8 @@ through pyvisa-py; plus the validators that guard every setting."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -273,3 +275,17 @@ def test_message_helpers():
         pulser.shape(0.5, 1e-8)
     shape = pulser.shape(-0.4, 1e-6)
     assert (shape.amplitude, shape.polarity, shape.edge, shape.period) == (0.4, -1, 1e-7, 2.2e-6)
+
+
+def test_memprog_bench_visa_reports_round_trips(tmp_path, capsys):
+    from drivers.visa.benchmark import run_visa_benchmark
+
+    report = tmp_path / "visa.json"
+    assert run_visa_benchmark(cycles=5, report=report) == 0
+    figures = json.loads(report.read_text())["scenarios"]
+    assert figures["matrix shared, same shape"]["round_trips_per_cycle"] == 2
+    assert figures["matrix shared, shape changes"]["round_trips_per_cycle"] == 3
+    assert figures["matrix exclusive, same shape"]["round_trips_per_cycle"] == 4
+    assert figures["no matrix, same shape"]["round_trips_per_cycle"] == 2
+    assert all(f["violations"] == 0 and f["wall_ms_median"] > 0 for f in figures.values())
+    assert "round trips" in capsys.readouterr().out

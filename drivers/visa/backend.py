@@ -174,8 +174,8 @@ class VisaBackend(Backend):
                 if isinstance(err, BackendError):
                     # For the caller's log: pulses[:completed] were fired; pulse[completed]
                     # may have been (uncertain) when its reply never came.
-                    err.completed = done  # type: ignore[attr-defined]
-                    err.uncertain = uncertain  # type: ignore[attr-defined]
+                    err.completed = done
+                    err.uncertain = uncertain
                 if err is e:
                     raise
                 raise err from e

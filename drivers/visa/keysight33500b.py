@@ -35,7 +35,6 @@ from drivers.visa.scpi import (
     Range,
     Setting,
     join_scpi,
-    num,
     parse_error,
     parse_float,
     split_reply,
@@ -201,4 +200,4 @@ def check_pulse_shape(driver: Keysight33500B, voltage: float, width: float) -> P
         raise LimitError(e.field, f"{e.message} (33500B)", e.limit) from None
 
 
-__all__ = ["Keysight33500B", "PulseShape", "check_pulse_shape", "num"]
+__all__ = ["Keysight33500B", "PulseShape", "check_pulse_shape"]

@@ -22,7 +22,7 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from drivers.visa.bench import ROLES, BenchConfig, FaultConfig, load_bench
+from drivers.visa.bench import BenchConfig, FaultConfig, load_bench
 from sim_backend.emulators.bench import EmulatedBench
 
 log = logging.getLogger("memprog.emulators")
@@ -290,4 +290,4 @@ def run_emulators(config_path: str) -> int:
     return 0
 
 
-__all__ = ["ROLES", "BenchServers", "EmulatorRunner", "FaultInjector", "run_emulators"]
+__all__ = ["BenchServers", "EmulatorRunner", "FaultInjector", "run_emulators"]
