@@ -334,7 +334,10 @@ class PulsePredictor:
         edge_gap = 2e-3  # relative distance to the window end that counts as saturated
         saturated = np.where(v < 0, g_a >= hi_w * (1 - edge_gap), g_a <= lo_w * (1 + edge_gap))
         g_obs = np.where(small, g_b * (1 + sign * rel_min), g_a)
-        g_obs = np.clip(g_obs, lo_w * (1 + edge_gap), hi_w * (1 - edge_gap))
+        # Keep the observation off the end the pulse drives towards (a saturated device says
+        # only "at least this fast"); the other end is where it started, which is fine.
+        g_obs = np.where(v < 0, np.clip(g_obs, lo_w, hi_w * (1 - edge_gap)),
+                         np.clip(g_obs, lo_w * (1 + edge_gap), hi_w))
         # A device at the window end already cannot move further that way.
         g_obs = np.where(sign * (g_obs - g_b) <= 0, g_b * (1 + sign * rel_min), g_obs)
         target = np.log10(np.maximum(w, 1e-30))

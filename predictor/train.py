@@ -13,6 +13,7 @@ devices from ``VAL_SEEDS``; the benchmark's held-out devices from seeds used by 
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,13 +53,14 @@ class TrainConfig:
 def quick_config() -> TrainConfig:
     """A tiny configuration that trains in seconds (tests, smoke runs); not a useful model."""
     return TrainConfig(
-        hidden=(16, 16),
-        epochs=4,
-        batch=512,
-        patience=2,
+        hidden=(32, 32),
+        epochs=30,
+        batch=256,
+        lr=1e-2,
+        patience=5,
         train_seeds=(101,),
-        sim=SimulationConfig(rows=16, cols=16, rounds=6, burn_in_cycles=1),
-        val_sim=SimulationConfig(rows=8, cols=8, rounds=6, burn_in_cycles=1),
+        sim=SimulationConfig(rows=32, cols=32, rounds=8, burn_in_cycles=1),
+        val_sim=SimulationConfig(rows=16, cols=16, rounds=8, burn_in_cycles=1),
         version="0.0.0-quick",
     )
 
@@ -222,8 +224,8 @@ def export_onnx(model: PulsePredictor, path: str | Path, metadata: dict) -> Path
     )
     proto.producer_name = "memprog"
     onnx.checker.check_model(proto)
-    onnx.save(proto, str(path))
-    tmp.unlink(missing_ok=True)
+    onnx.save(proto, str(tmp))
+    os.replace(tmp, path)  # atomic: a service reloading meanwhile sees the old or the new file
     data = tmp.with_name(tmp.name + ".data")
     data.unlink(missing_ok=True)
     return path
@@ -297,10 +299,16 @@ def run(
         f"devices each, {cfg.sim.rounds} pulses per device")
     train = simulate(cfg.train_seeds, cfg.sim, rng_seed=cfg.seed)
     val = simulate(cfg.val_seeds, cfg.val_sim, rng_seed=cfg.seed + 1)
+    measured_summary = None
     if export_data:
         measured = Records.concatenate([load_export(p) for p in export_data])
         log(f"  + {len(measured)} measured records from {len(export_data)} export(s)")
-        train = Records.concatenate([train, _with_latent(measured)])
+        measured = _with_latent(measured)
+        measured_summary = {"records": len(measured), "files": [str(p) for p in export_data],
+                            "with_latent": int(np.isfinite(measured.latent).sum())}
+        info = train.info
+        train = Records.concatenate([train, measured])
+        train.info = info | {"measured_records": len(measured)}
     t_data = time.perf_counter() - t0
     log(f"  {len(train)} training records, {len(val)} validation records ({t_data:.1f} s)")
     nets = {}
@@ -314,6 +322,8 @@ def run(
     t_train = time.perf_counter() - t0 - t_data
     metrics["time_s"] = {"data": round(t_data, 1), "training": round(t_train, 1)}
     summary = {"train": train.summary(), "validation": val.summary()}
+    if measured_summary:
+        summary["measured"] = measured_summary
     metadata = build_metadata(cfg, summary, metrics)
     path = export_onnx(model, out, metadata)
     if evaluate:

@@ -14,7 +14,7 @@ from predictor import strategy as predictor_strategy
 from predictor.runtime import OutOfRangeError
 from service.config import Settings, load_settings
 from service.owner import BackendOwner
-from service.routers import array, health, program, pulses, reads, runs
+from service.routers import array, array_map, dashboard, health, program, pulses, reads, runs
 from service.routers import predictor as predictor_router
 from service.state import ServiceState
 from service.storage import Storage
@@ -65,6 +65,8 @@ def create_app(
     )
     for module in (health, array, reads, pulses, program, runs, predictor_router):
         app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(array_map.router, prefix=API_PREFIX)
+    dashboard.install(app)  # the page at / and its files at /static
 
     @app.exception_handler(OutOfRangeError)
     async def _out_of_range(request: Request, exc: OutOfRangeError) -> JSONResponse:

@@ -109,6 +109,19 @@ class PredictorSettings(BaseModel):
     )
 
 
+class AuthSettings(BaseModel):
+    """Access control (``MEMPROG_AUTH__*``): API keys with scopes, see :mod:`service.auth`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(
+        False,
+        description="Require an API key (Authorization: ApiKey <key>) on every request but "
+        "/api/v1/health and the docs. Off, the service only starts bound to a loopback "
+        "address. Keys: memprog keys create|list|revoke, stored hashed in the database.",
+    )
+
+
 class Settings(BaseSettings):
     """Everything the service needs; see the module docstring for the sources."""
 
@@ -130,6 +143,7 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     programming: ProgrammingSettings = Field(default_factory=ProgrammingSettings)
     predictor: PredictorSettings = Field(default_factory=PredictorSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
     @model_validator(mode="after")
     def _bench_config_for_visa(self) -> Settings:

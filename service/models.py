@@ -233,9 +233,10 @@ class RunSummary(BaseModel):
     id: int = Field(description="Run identifier.")
     started: float = Field(description="Start, Unix time, s.")
     finished: float | None = Field(description="End, Unix time, s (null while running).")
-    status: Literal["running", "done", "failed", "interrupted"] = Field(
+    status: Literal["running", "done", "failed", "interrupted", "aborted"] = Field(
         description="running; done; failed (an error stopped it; its operations are kept); "
-        "interrupted (the service stopped during the run)."
+        "interrupted (the service stopped during the run); aborted (stopped between pulses "
+        "by a job abort or an emergency stop; its results so far are kept)."
     )
     strategy: str = Field(description="Strategy used.")
     tolerance: float = Field(description="Relative tolerance.")

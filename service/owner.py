@@ -13,6 +13,11 @@ A bench may be unreachable when the service starts (or drop later): the backend'
 (geometry, limits, identities) is then unknown, the service still starts, and every request
 that needs the backend asks for the description again (answering 503 while it stays
 unreachable).
+
+An emergency stop (:meth:`BackendOwner.emergency_stop`) bypasses the queue: it puts the backend
+into its safe state from another thread at once, every operation still queued is cancelled
+(:class:`EmergencyStopped`, nothing of it is fired) and the running one is told to stop
+(:meth:`BackendOwner.stop_requested`, which the programming loop asks before every pulse).
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ from service.storage import Storage
 T = TypeVar("T")
 
 
+class EmergencyStopped(RuntimeError):
+    """An operation queued before an emergency stop, cancelled before it began: nothing fired."""
+
+
 class BackendOwner:
     """Runs jobs ``job(backend, storage)`` one at a time on a dedicated thread.
 
@@ -41,6 +50,8 @@ class BackendOwner:
         self._pending = 0
         self._pending_lock = threading.Lock()
         self._info: BackendInfo | None = None
+        self._stops = 0  # emergency stops so far
+        self._job_stops = 0  # ... when the running job was queued
         self.unavailable: str | None = None
         """Why the backend could not be described, while it cannot."""
         self.backend, self.storage = self._executor.submit(
@@ -102,12 +113,29 @@ class BackendOwner:
         """Queue ``job`` and wait for its result (its exceptions propagate)."""
         with self._pending_lock:
             self._pending += 1
-        future = self._executor.submit(self._guarded, job)
+        future = self._executor.submit(self._guarded, job, self._stops)
         # shield: a cancelled request must not cancel a queued job's bookkeeping
         return await asyncio.shield(asyncio.wrap_future(future))
 
-    def _guarded(self, job: Callable[[Backend, Storage], T]) -> T:
+    def stop_requested(self) -> bool:
+        """During a job, on the owner thread: has an emergency stop come since it was queued?"""
+        return self._stops != self._job_stops
+
+    async def emergency_stop(self) -> None:
+        """Safe state now, bypassing the queue and the owner thread (the backend's
+        ``emergency_stop`` runs on a separate thread, concurrently with a running operation);
+        cancels the queued operations and tells the running one to stop before its next pulse.
+        Raises the backend's error if it could not confirm its safe state."""
+        self._stops += 1  # first: nothing queued before this moment fires from now on
+        await asyncio.to_thread(self.backend.emergency_stop)
+
+    def _guarded(self, job: Callable[[Backend, Storage], T], stops: int) -> T:
         try:
+            self._job_stops = stops
+            if self._stops != stops:
+                raise EmergencyStopped(
+                    "cancelled by an emergency stop before it began; nothing was fired"
+                )
             self._describe()  # no operation on a backend that was never described
             return job(self.backend, self.storage)
         except BackendError:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from drivers.base import Backend, LimitError, Limits, check_pulse
+from service.recording import pulse_and_record
 from service.storage import RunParams, Storage
 
 # --------------------------------------------------------------------------- strategy contract
@@ -302,14 +303,40 @@ class ProgramOutcome:
     reads: int  # read operations (cells) this run made
     pulses_fired: int
     wall_time: float  # s
+    aborted: bool = False  # should_stop() ended the run early (its run is 'aborted')
 
 
-def program_cells(backend: Backend, storage: Storage, job: ProgramJob) -> ProgramOutcome:
+@dataclass(frozen=True)
+class Progress:
+    """Where a run stands: after its first read (iteration 0) and after every iteration."""
+
+    run_id: int
+    iteration: int
+    cells: int  # cells targeted
+    cells_done: int  # converged or out of budget (every cell, once a one-shot pulse is fired)
+    cells_converged: int  # within the tolerance (0 in one shot: nothing is verified)
+    pulses: int  # pulses fired so far in this run
+
+
+def program_cells(
+    backend: Backend,
+    storage: Storage,
+    job: ProgramJob,
+    *,
+    should_stop: Callable[[], bool] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> ProgramOutcome:
     """Write (and verify) ``job`` on ``backend``, recording every operation under a new run.
 
     Runs on the backend owner's thread: nothing else touches the backend meanwhile. Each
     iteration's operations are committed before the next begins, so a crash mid-run keeps
     everything that was fired.
+
+    ``should_stop`` is asked before every batched pulse; when it answers True no further pulse
+    is fired, the run is recorded as ``aborted`` (with each cell's results so far) and the
+    outcome says ``aborted``. ``on_progress`` is called after the first read and after every
+    iteration, on this thread, once the iteration's operations are recorded and before they
+    are committed: what it writes to ``storage`` commits atomically with them.
     """
     started = time.perf_counter()
     planner = get_strategy(job.strategy).begin(job.target, job.limits)
@@ -320,42 +347,64 @@ def program_cells(backend: Backend, storage: Storage, job: ProgramJob) -> Progra
     try:
         first = backend.read(job.rows, job.cols, job.v_read)
         storage.record_read(first, run_id)
-        storage.commit()
         start = np.asarray(first.conductance, dtype=float)
         g = start.copy()
         pulses = np.zeros(n, dtype=np.int64)
         steps: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]] = []
         reads = n
+        aborted = False
+
+        def progress(iteration: int, done: int, converged_now: int) -> None:
+            if on_progress is not None:
+                on_progress(
+                    Progress(run_id, iteration, n, done, converged_now, int(pulses.sum()))
+                )
 
         if not job.verify:
+            progress(0, 0, 0)
+            storage.commit()
             # One shot: exactly one pulse per cell, chosen from the single read.
             idx = np.arange(n)
-            planner.one_shot()
-            voltage, width = _checked(planner.choose(idx, g), job.limits, n)
-            backend.pulse(job.rows, job.cols, voltage, width)
-            storage.record_pulse(job.rows, job.cols, voltage, width, run_id)
-            storage.commit()
-            pulses[:] = 1
-            steps.append((idx, voltage, width, None))
+            if should_stop is not None and should_stop():
+                aborted = True
+            else:
+                planner.one_shot()
+                voltage, width = _checked(planner.choose(idx, g), job.limits, n)
+                pulse_and_record(backend, storage, job.rows, job.cols, voltage, width, run_id)
+                pulses[:] = 1
+                progress(1, n, 0)
+                storage.commit()
+                steps.append((idx, voltage, width, None))
             final = converged = None
         else:
             band = job.tolerance * job.target
             converged = np.abs(g - job.target) <= band
+            iteration = 0
+            progress(iteration, int(np.count_nonzero(converged)), int(np.count_nonzero(converged)))
+            storage.commit()
             while True:
                 idx = np.flatnonzero(~converged & (pulses < job.max_pulses))
                 if idx.size == 0:
                     break
+                if should_stop is not None and should_stop():
+                    aborted = True
+                    break
                 rows, cols = job.rows[idx], job.cols[idx]
                 voltage, width = _checked(planner.choose(idx, g[idx]), job.limits, idx.size)
-                backend.pulse(rows, cols, voltage, width)
-                storage.record_pulse(rows, cols, voltage, width, run_id)
+                pulse_and_record(backend, storage, rows, cols, voltage, width, run_id)
                 pulses[idx] += 1
                 after = backend.read(rows, cols, job.v_read)
                 storage.record_read(after, run_id)
-                storage.commit()
                 reads += idx.size
                 g[idx] = after.conductance
                 converged[idx] = np.abs(g[idx] - job.target[idx]) <= band[idx]
+                iteration += 1
+                progress(
+                    iteration,
+                    int(np.count_nonzero(converged | (pulses >= job.max_pulses))),
+                    int(np.count_nonzero(converged)),
+                )
+                storage.commit()
                 if job.trace:
                     steps.append((idx, voltage, width, g[idx].copy()))
             final = g
@@ -369,6 +418,7 @@ def program_cells(backend: Backend, storage: Storage, job: ProgramJob) -> Progra
             final=final,
             pulses=pulses,
             converged=converged,
+            status="aborted" if aborted else "done",
         )
         storage.commit()
     except BaseException as exc:
@@ -385,6 +435,7 @@ def program_cells(backend: Backend, storage: Storage, job: ProgramJob) -> Progra
         reads=reads,
         pulses_fired=int(pulses.sum()),
         wall_time=time.perf_counter() - started,
+        aborted=aborted,
     )
 
 

@@ -8,6 +8,10 @@ from pydantic import BaseModel
 from service.models import ErrorResponse
 
 ERRORS: dict[int | str, dict[str, object]] = {
+    409: {
+        "model": ErrorResponse,
+        "description": "Cancelled (or, for /program, stopped) by an emergency stop.",
+    },
     422: {"model": ErrorResponse, "description": "Invalid request: detail names the field."},
     502: {"model": ErrorResponse, "description": "The backend failed (it is in its safe state)."},
     503: {"model": ErrorResponse, "description": "The backend is unreachable (retries spent)."},

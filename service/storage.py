@@ -32,7 +32,7 @@ CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY,
     started REAL NOT NULL,            -- Unix time, s
     finished REAL,                    -- Unix time, s; NULL while running
-    status TEXT NOT NULL,             -- running | done | failed | interrupted
+    status TEXT NOT NULL,             -- running | done | failed | interrupted | aborted
     strategy TEXT NOT NULL,
     tolerance REAL NOT NULL,          -- relative to the target
     max_pulses INTEGER NOT NULL,
@@ -68,12 +68,32 @@ CREATE TABLE IF NOT EXISTS operations (
     current REAL,                     -- read: A; NULL for pulses
     compliance INTEGER,               -- read: 1 if the compliance tripped
     run_id INTEGER REFERENCES runs(id),
-    backend TEXT NOT NULL             -- simulated | hardware
+    backend TEXT NOT NULL,            -- simulated | hardware
+    note TEXT                         -- e.g. 'uncertain': the trigger went out, no confirmation
 );
 CREATE INDEX IF NOT EXISTS operations_run ON operations(run_id);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value REAL
+);
+CREATE TABLE IF NOT EXISTS jobs (     -- background programming jobs (service/jobs.py)
+    id INTEGER PRIMARY KEY,
+    created REAL NOT NULL,            -- Unix time, s
+    started REAL,                     -- Unix time, s; NULL while queued
+    finished REAL,                    -- Unix time, s; NULL until it ends
+    status TEXT NOT NULL,             -- queued|running|completed|failed|aborted|interrupted
+    strategy TEXT NOT NULL,
+    tolerance REAL NOT NULL,          -- relative to the target
+    max_pulses INTEGER NOT NULL,
+    verify INTEGER NOT NULL,
+    v_read REAL NOT NULL,             -- V
+    total_cells INTEGER NOT NULL,
+    cells_done INTEGER NOT NULL DEFAULT 0,
+    cells_converged INTEGER NOT NULL DEFAULT 0,
+    pulses INTEGER NOT NULL DEFAULT 0,
+    run_id INTEGER REFERENCES runs(id),
+    submitted_by TEXT,                -- API key name, NULL without authentication
+    error TEXT
 );
 """
 
@@ -90,6 +110,32 @@ OPERATION_COLUMNS = (
     "compliance",
     "run_id",
     "backend",
+    "note",
+)
+
+JOB_COLUMNS = (
+    "id",
+    "created",
+    "started",
+    "finished",
+    "status",
+    "strategy",
+    "tolerance",
+    "max_pulses",
+    "verify",
+    "v_read",
+    "total_cells",
+    "cells_done",
+    "cells_converged",
+    "pulses",
+    "run_id",
+    "submitted_by",
+    "error",
+)
+
+JOB_INTERRUPTED = (
+    "the service stopped (crash or restart) while this job was queued or running; "
+    "it was not resumed, and every operation it recorded is kept"
 )
 
 RUN_COLUMNS = (
@@ -120,6 +166,13 @@ class RunParams:
     n_targets: int
 
 
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a database written by an older memprog up to the current schema (additive only)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(operations)")}
+    if "note" not in columns:
+        conn.execute("ALTER TABLE operations ADD COLUMN note TEXT")
+
+
 def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
@@ -141,10 +194,17 @@ class Storage:
         self._conn.execute("PRAGMA journal_mode = WAL")
         self._conn.execute("PRAGMA synchronous = NORMAL")
         self._conn.executescript(SCHEMA)
+        _migrate(self._conn)
         # A run still 'running' at start-up was cut short by a crash; its operations are kept.
         self._conn.execute(
             "UPDATE runs SET status = 'interrupted', finished = ? WHERE status = 'running'",
             (time.time(),),
+        )
+        # Likewise a job queued or running: marked, never resumed (its operations are kept).
+        self._conn.execute(
+            "UPDATE jobs SET status = 'interrupted', finished = ?, error = ? "
+            "WHERE status IN ('queued', 'running')",
+            (time.time(), JOB_INTERRUPTED),
         )
         self._conn.commit()
         self._lock = threading.Lock()  # the owner serialises writes; this guards misuse
@@ -184,14 +244,15 @@ class Storage:
         voltage: np.ndarray,
         width: np.ndarray,
         run_id: int | None = None,
+        note: str | None = None,
     ) -> None:
         rows = np.asarray(rows)
         n = len(rows)
         with self._lock:
             self._conn.executemany(
                 "INSERT INTO operations (time, kind, row, col, voltage, width, conductance, "
-                "current, compliance, run_id, backend) "
-                "VALUES (?, 'pulse', ?, ?, ?, ?, NULL, NULL, NULL, ?, ?)",
+                "current, compliance, run_id, backend, note) "
+                "VALUES (?, 'pulse', ?, ?, ?, ?, NULL, NULL, NULL, ?, ?, ?)",
                 zip(
                     repeat(time.time(), n),
                     rows.tolist(),
@@ -200,6 +261,7 @@ class Storage:
                     np.broadcast_to(np.asarray(width, dtype=float), rows.shape).tolist(),
                     repeat(run_id, n),
                     repeat(self.backend_kind, n),
+                    repeat(note, n),
                     strict=True,
                 ),
             )
@@ -234,7 +296,9 @@ class Storage:
         final: np.ndarray | None,
         pulses: np.ndarray,
         converged: np.ndarray | None,
+        status: str = "done",
     ) -> None:
+        """The run's per-cell results; ``status`` done, or aborted (stopped early)."""
         n = len(rows)
         final_list = repeat(None, n) if final is None else np.asarray(final, float).tolist()
         conv_list = (
@@ -258,9 +322,10 @@ class Storage:
                 ),
             )
             self._conn.execute(
-                "UPDATE runs SET status = 'done', finished = ?, n_converged = ?, total_pulses = ? "
+                "UPDATE runs SET status = ?, finished = ?, n_converged = ?, total_pulses = ? "
                 "WHERE id = ?",
                 (
+                    status,
                     time.time(),
                     None if converged is None else int(np.count_nonzero(converged)),
                     int(np.sum(pulses)),
@@ -394,6 +459,163 @@ class Storage:
             conn.close()
         return {"read": counts.get("read", 0), "pulse": counts.get("pulse", 0)}
 
+    def reads_after(self, after_id: int = 0, limit: int = 100_000) -> list[tuple]:
+        """Up to ``limit`` reads with ``id > after_id`` in execution order, as tuples
+        ``(id, row, col, conductance S, time Unix s)`` — a primary-key range scan, so a caller
+        keeping the last id it saw (the dashboard's conductance map) reads only what is new."""
+        conn = _connect(self.path, readonly=True)
+        try:
+            return conn.execute(
+                "SELECT id, row, col, conductance, time FROM operations "
+                "WHERE id > ? AND kind = 'read' ORDER BY id LIMIT ?",
+                (after_id, limit),
+            ).fetchall()
+        finally:
+            conn.close()
+
+    def last_operation_id(self) -> int:
+        """The id of the newest operation, 0 when there is none."""
+        conn = _connect(self.path, readonly=True)
+        try:
+            return int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM operations").fetchone()[0])
+        finally:
+            conn.close()
+
+    def iter_operations_by_cell(
+        self, run_id: int | None = None, batch: int = 5000
+    ) -> Iterator[tuple]:
+        """Every operation (or a run's), grouped by cell — ordered by row, col, then execution
+        order — as tuples in :data:`OPERATION_COLUMNS` order (the per-cell HDF5 export)."""
+        conn = _connect(self.path, readonly=True)
+        try:
+            sql = f"SELECT {', '.join(OPERATION_COLUMNS)} FROM operations"
+            args: tuple = ()
+            if run_id is not None:
+                sql += " WHERE run_id = ?"
+                args = (run_id,)
+            cur = conn.execute(sql + " ORDER BY row, col, id", args)
+            while rows := cur.fetchmany(batch):
+                yield from rows
+        finally:
+            conn.close()
+
+    def list_all_runs(self) -> list[dict]:
+        """Every run, oldest first (without per-cell results)."""
+        conn = self._reader()
+        try:
+            rows = conn.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs ORDER BY id").fetchall()
+        finally:
+            conn.close()
+        return [_run_dict(row) for row in rows]
+
+
+    # --- jobs (service/jobs.py) --------------------------------------------------------------
+
+    def create_job(
+        self,
+        *,
+        strategy: str,
+        tolerance: float,
+        max_pulses: int,
+        verify: bool,
+        v_read: float,
+        total_cells: int,
+        submitted_by: str | None = None,
+    ) -> int:
+        """A new ``queued`` job, committed. Any thread: it writes through its own connection,
+        which SQLite serialises with the backend owner's writes."""
+        conn = self._side_writer()
+        try:
+            cur = conn.execute(
+                "INSERT INTO jobs (created, status, strategy, tolerance, max_pulses, verify, "
+                "v_read, total_cells, submitted_by) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    time.time(),
+                    strategy,
+                    tolerance,
+                    max_pulses,
+                    int(verify),
+                    v_read,
+                    total_cells,
+                    submitted_by,
+                ),
+            )
+            conn.commit()
+            return int(cur.lastrowid)
+        finally:
+            conn.close()
+
+    def update_job(self, job_id: int, **fields: object) -> None:
+        """Backend owner thread: set job columns inside the current transaction (the caller
+        commits, e.g. together with a programming iteration's operations)."""
+        sql, args = _job_update(job_id, fields)
+        with self._lock:
+            self._conn.execute(sql, args)
+
+    def update_job_if(self, job_id: int, statuses: tuple[str, ...], **fields: object) -> bool:
+        """Any thread: set job columns if the job's status is one of ``statuses``, committed.
+        True if it was."""
+        sql, args = _job_update(job_id, fields)
+        sql += f" AND status IN ({', '.join('?' * len(statuses))})"
+        conn = self._side_writer()
+        try:
+            changed = conn.execute(sql, (*args, *statuses)).rowcount
+            conn.commit()
+        finally:
+            conn.close()
+        return changed > 0
+
+    def get_job(self, job_id: int) -> dict | None:
+        conn = self._reader()
+        try:
+            row = conn.execute(
+                f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+        finally:
+            conn.close()
+        return None if row is None else _job_dict(row)
+
+    def list_jobs(self, limit: int = 100, offset: int = 0) -> list[dict]:
+        """Jobs, newest first."""
+        conn = self._reader()
+        try:
+            rows = conn.execute(
+                f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs ORDER BY id DESC LIMIT ? OFFSET ?",
+                (limit, offset),
+            ).fetchall()
+        finally:
+            conn.close()
+        return [_job_dict(row) for row in rows]
+
+    def count_jobs(self) -> dict[str, int]:
+        """Jobs per status."""
+        conn = _connect(self.path, readonly=True)
+        try:
+            return dict(conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status"))
+        finally:
+            conn.close()
+
+    def _side_writer(self) -> sqlite3.Connection:
+        conn = _connect(self.path)
+        # The owner holds the write lock while it reads a programming iteration's cells (on a
+        # bench, a large batch takes seconds): wait for it longer than the default.
+        conn.execute("PRAGMA busy_timeout = 60000")
+        return conn
+
+
+def _job_update(job_id: int, fields: dict[str, object]) -> tuple[str, tuple]:
+    unknown = set(fields) - set(JOB_COLUMNS[1:])
+    if unknown:
+        raise KeyError(f"not job columns: {sorted(unknown)}")
+    names = list(fields)
+    sql = f"UPDATE jobs SET {', '.join(f'{name} = ?' for name in names)} WHERE id = ?"
+    return sql, (*(fields[name] for name in names), job_id)
+
+
+def _job_dict(row: sqlite3.Row) -> dict:
+    job = {name: row[name] for name in JOB_COLUMNS}
+    job["verify"] = bool(job["verify"])
+    return job
 
 def _run_dict(row: sqlite3.Row) -> dict:
     run = {name: row[name] for name in RUN_COLUMNS}

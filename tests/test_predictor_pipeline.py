@@ -10,15 +10,47 @@ import pytest
 
 torch = pytest.importorskip("torch")  # the optional `train` extra
 
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.export internals
+
 from predictor import train  # noqa: E402
 from predictor.runtime import PulsePredictor, read_metadata  # noqa: E402
 
 
+def _measured_export(path):
+    """An operation log as the service's /export writes it (CSV), from a small array."""
+    from sim_backend import Crossbar
+
+    xb = Crossbar(2, 4, seed=9, variability="realistic")
+    rows, cols = np.divmod(np.arange(8), 4)
+    lines = ["id,time,kind,row,col,voltage,width,conductance,current,compliance,run_id,backend"]
+    op = 0
+
+    def read():
+        nonlocal op
+        for r, c, g in zip(rows, cols, xb.read(rows, cols), strict=True):
+            op += 1
+            lines.append(f"{op},0,read,{r},{c},0.2,,{g},{g * 0.2},0,,simulated")
+
+    read()
+    for k in range(4):
+        v = -0.5 if k % 2 == 0 else 1.0
+        xb.pulse(rows, cols, v, 2e-8)
+        for r, c in zip(rows, cols, strict=True):
+            op += 1
+            lines.append(f"{op},0,pulse,{r},{c},{v},2e-08,,,,,simulated")
+        read()
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    out = tmp_path_factory.mktemp("model") / "tiny.onnx"
+    """Trained on a tiny simulated data set plus a measured export (the fine-tuning path)."""
+    folder = tmp_path_factory.mktemp("model")
+    export = _measured_export(folder / "export.csv")
+    out = folder / "tiny.onnx"
     cfg = train.quick_config()
-    meta = train.run(out, cfg, evaluate=False, log=lambda *a: None)
+    meta = train.run(out, cfg, evaluate=False, export_data=[str(export)], log=lambda *a: None)
     return out, meta
 
 
@@ -85,6 +117,7 @@ def test_metadata_contents(tiny_model):
     data = meta["training"]["data"]["train"]
     assert data["variability"] == "realistic" and data["records"] > 0
     assert data["crossbar_seeds"] == [101]
+    assert data["measured_records"] == 32  # 8 cells × 4 pulses from the export
     assert meta["training"]["data"]["validation"]["crossbar_seeds"] == [201]
     assert "val_rmse_log10_width" in meta["metrics"]["set"]
 
@@ -106,9 +139,9 @@ def test_reload_swaps_model_while_predicting(tiny_model, tmp_path):
     path, _ = tiny_model
     cfg = train.quick_config()
     cfg.version = "0.0.1-quick"
-    cfg.seed = 1
-    other = tmp_path / "other.onnx"
-    train.run(other, cfg, evaluate=False, log=lambda *a: None)
+    nets = [train.PolarityNet(s, cfg.hidden, -6.0, 1.5) for s in (True, False)]
+    other = train.export_onnx(train.PulsePredictor(*nets), tmp_path / "other.onnx",
+                              train.build_metadata(cfg, {}, {}))
     p = PulsePredictor(path)
     errors = []
     stop = threading.Event()

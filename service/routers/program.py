@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, HTTPException, Response
 
 from drivers.base import Backend
 from service.deps import StateDep
@@ -29,7 +29,27 @@ router = APIRouter(tags=["program"])
 async def program(request: ProgramRequest, state: StateDep) -> Response:
     """Programs every target with the chosen strategy, all cells at once: one batched read,
     then per iteration one batched pulse and one batched verify read of the cells not yet
-    within tolerance. The run holds the backend until it ends; other requests queue."""
+    within tolerance. The run holds the backend until it ends; other requests queue. An
+    emergency stop ends the run before its next pulse (409; what it fired is recorded)."""
+    job = await program_job(request, state, trace=request.trace)
+
+    def run(backend: Backend, storage: Storage) -> ProgramOutcome:
+        return program_cells(backend, storage, job, should_stop=state.owner.stop_requested)
+
+    outcome = await state.owner.run(run)
+    if outcome.aborted:
+        raise HTTPException(
+            status_code=409,
+            detail=f"run {outcome.run_id} was stopped by an emergency stop after "
+            f"{outcome.pulses_fired} pulses; every operation it made is recorded "
+            f"(GET /api/v1/runs/{outcome.run_id})",
+        )
+    return json_response(_response(job, outcome))
+
+
+async def program_job(request, state, *, trace: bool = False) -> ProgramJob:
+    """A programming request (``/program``'s or a job's) checked against the array and the
+    limits: 422 naming the field, before anything is queued."""
     strategy = request.strategy or default_strategy()
     if strategy not in strategy_names():
         raise RequestProblem(
@@ -66,16 +86,11 @@ async def program(request: ProgramRequest, state: StateDep) -> Response:
         max_pulses=request.max_pulses,
         strategy=strategy,
         verify=request.verify,
-        trace=request.trace,
+        trace=trace,
         v_read=v_read,
         limits=limits,
     )
-
-    def run(backend: Backend, storage: Storage) -> ProgramOutcome:
-        return program_cells(backend, storage, job)
-
-    outcome = await state.owner.run(run)
-    return json_response(_response(job, outcome))
+    return job
 
 
 def _response(job: ProgramJob, out: ProgramOutcome) -> ProgramResponse:

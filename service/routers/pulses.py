@@ -7,6 +7,7 @@ from fastapi import APIRouter, Response
 from drivers.base import Backend, ReadResult
 from service.deps import StateDep
 from service.models import AppliedPulse, PulseRequest, PulseResponse
+from service.recording import pulse_and_record
 from service.responses import ERRORS, json_response
 from service.routers.reads import readings, request_v_read
 from service.storage import Storage
@@ -28,8 +29,7 @@ async def pulse(request: PulseRequest, state: StateDep) -> Response:
     v_read = request_v_read(state, limits, request.v_read) if request.read_after else None
 
     def job(backend: Backend, storage: Storage) -> ReadResult | None:
-        backend.pulse(rows, cols, voltage, width)
-        storage.record_pulse(rows, cols, voltage, width)
+        pulse_and_record(backend, storage, rows, cols, voltage, width)
         after = None
         if v_read is not None:
             after = backend.read(rows, cols, v_read)

@@ -1,16 +1,20 @@
-"""GET /runs, /runs/{id}: programming history; GET /export: every operation as CSV."""
+"""GET /runs, /runs/{id}: programming history; GET /export: every operation as CSV or HDF5."""
 
 from __future__ import annotations
 
 import csv
 import io
+import os
+import tempfile
 from collections.abc import Iterator
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query
-from fastapi.responses import StreamingResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
 
-from service.deps import StorageDep
+from service import export_hdf5
+from service.deps import StateDep, StorageDep
 from service.models import CellResult, ErrorResponse, RunDetail, RunList, RunSummary
 from service.storage import OPERATION_COLUMNS, Storage
 
@@ -53,25 +57,74 @@ def get_run(
 @router.get(
     "/export",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/csv": {}}, "description": "One line per operation."}},
+    responses={
+        200: {
+            "content": {"text/csv": {}, export_hdf5.MEDIA_TYPE: {}},
+            "description": "csv: one line per operation; hdf5: per-cell time series.",
+        }
+    },
     summary="Every recorded operation",
 )
 def export(
     storage: StorageDep,
-    format: Annotated[Literal["csv"], Query(description="Export format.")] = "csv",
+    state: StateDep,
+    format: Annotated[
+        Literal["csv", "hdf5"],
+        Query(description="csv: one line per operation; hdf5: per-cell time series."),
+    ] = "csv",
     run_id: Annotated[
         int | None, Query(description="Only the operations of this run.")
     ] = None,
-) -> StreamingResponse:
-    """Every pulse and read, in execution order. Columns: id, time (Unix, s), kind
-    (read|pulse), row, col, voltage (V; the read voltage for reads), width (s; empty for
-    reads), conductance (S; empty for pulses), current (A; empty for pulses), compliance
-    (1 if tripped; empty for pulses), run_id (empty outside /program), backend
-    (simulated|hardware)."""
+) -> Response:
+    """Every pulse and read.
+
+    **csv**, in execution order. Columns: id, time (Unix, s), kind (read|pulse), row, col,
+    voltage (V; the read voltage for reads), width (s; empty for reads), conductance (S; empty
+    for pulses), current (A; empty for pulses), compliance (1 if tripped; empty for pulses),
+    run_id (empty outside /program), backend (simulated|hardware), note (e.g. ``uncertain:
+    ...`` for a pulse whose trigger went out on a bench that then failed to confirm it).
+
+    **hdf5** (``memprog-operations.h5``), laid out like ArC TWO's data store: one group per
+    cell, ``/crosspoints/W{row:02d}B{col:02d}``, holding an appendable ``timeseries`` of the
+    cell's operations in execution order (op_id, time s, op_type read|pulse, voltage V, width
+    s, v_read V, conductance S, current A, compliance, run_id, backend; NaN where a field does
+    not apply); ``/crossbar/conductance`` (S), ``current`` (A), ``v_read`` (V) and ``read_at``
+    (Unix s): each cell's last read, NaN if never read; ``/runs``: the runs. Every dataset
+    carries its units as attributes; the root carries the backend kind and creation time."""
+    if format == "hdf5":
+        return _hdf5_file(storage, state, run_id)
     return StreamingResponse(
         _csv_lines(storage, run_id),
         media_type="text/csv",
         headers={"Content-Disposition": 'attachment; filename="memprog-operations.csv"'},
+    )
+
+
+def _hdf5_file(storage: Storage, state, run_id: int | None) -> FileResponse:
+    # HDF5 needs a seekable file: write a temporary one (in this worker thread), send it,
+    # delete it once sent.
+    info = state.owner.info
+    rows, cols = (info.rows, info.cols) if info is not None else (0, 0)
+    fd, path = tempfile.mkstemp(prefix="memprog-export-", suffix=".h5")
+    os.close(fd)
+    try:
+        export_hdf5.write_hdf5(
+            storage,
+            path,
+            rows=rows,
+            cols=cols,
+            backend=info.kind if info is not None else state.configured_kind,
+            run_id=run_id,
+        )
+    except BaseException:
+        os.unlink(path)
+        raise
+    name = "memprog-operations.h5" if run_id is None else f"memprog-run-{run_id}.h5"
+    return FileResponse(
+        path,
+        media_type=export_hdf5.MEDIA_TYPE,
+        filename=name,
+        background=BackgroundTask(os.unlink, path),
     )
 
 

@@ -1,0 +1,412 @@
+"""Background programming jobs: many cells (up to the whole array) programmed without holding a
+request open, with progress, abort and a live progress stream.
+
+A job is one queued unit of work on the :class:`~service.owner.BackendOwner` (so jobs run one at a
+time, in the order they were submitted, interleaved with no other operation): it runs the same
+write-and-verify loop as ``/program`` (:func:`service.programming.program_cells`), asked before
+every batched pulse whether to stop. Its record lives in SQLite (table ``jobs``):
+
+* its progress (cells done, cells converged, pulses) is written in the same transaction as each
+  iteration's operations, so after a crash the record and the operation log agree exactly;
+* a job still ``queued`` or ``running`` when the service starts again is marked ``interrupted``
+  by :class:`~service.storage.Storage` and never re-run (its operations are kept);
+* a graceful shutdown stops a running job between pulses and marks it ``interrupted`` too.
+
+Status: ``queued`` → ``running`` → ``completed`` | ``failed`` | ``aborted`` | ``interrupted``
+(``queued`` → ``aborted`` when aborted before it ran). An abort (``POST /jobs/{id}/abort``, or
+an emergency stop for every job) takes effect before the job's next pulse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from drivers.base import Backend
+from service.models import Target
+from service.owner import BackendOwner, EmergencyStopped
+from service.programming import ProgramJob, Progress, program_cells
+from service.storage import Storage
+
+log = logging.getLogger("memprog.jobs")
+
+JobStatus = Literal["queued", "running", "completed", "failed", "aborted", "interrupted"]
+TERMINAL: frozenset[str] = frozenset({"completed", "failed", "aborted", "interrupted"})
+
+SUBSCRIBER_BACKLOG = 1000
+"""Progress events kept for a stream client that falls behind; beyond it the oldest are dropped
+(the newest, and so the terminal one, always arrive)."""
+
+ESTOP_MESSAGE = "stopped by an emergency stop"
+
+
+# ------------------------------------------------------------------------------ API contract
+
+
+class JobRequest(BaseModel):
+    """A background programming job: the same fields as ``POST /program`` (without ``trace``:
+    a job's pulses are in ``GET /runs/{run_id}?trace=true`` and the export)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    targets: list[Target] = Field(
+        min_length=1,
+        description="Cells and their target conductances (S), each cell at most once; up to "
+        "the whole array.",
+    )
+    tolerance: float = Field(
+        0.02,
+        gt=0,
+        lt=1,
+        description="Convergence band relative to the target: |G − target| ≤ tolerance·target.",
+    )
+    max_pulses: int = Field(20, ge=1, description="Pulse budget per cell.")
+    strategy: str | None = Field(
+        None,
+        description="Programming strategy (see GET /array: strategies); null for the default.",
+    )
+    verify: bool = Field(
+        True,
+        description="true: write and verify until converged or out of budget. false: one shot "
+        "(one read, exactly one pulse per cell).",
+    )
+    v_read: float | None = Field(None, description="Read voltage, V (default: the service's).")
+
+
+class JobRecord(BaseModel):
+    """A job as stored, with its progress."""
+
+    id: int = Field(description="Job identifier.")
+    status: JobStatus = Field(
+        description="queued (waiting for the backend); running; completed; failed (an error "
+        "stopped it, see error); aborted (by POST /jobs/{id}/abort or an emergency stop, before "
+        "its next pulse); interrupted (the service stopped or crashed while it was queued or "
+        "running; it is never resumed)."
+    )
+    created_at: datetime = Field(description="Submission time, ISO 8601 UTC.")
+    started_at: datetime | None = Field(description="Start, ISO 8601 UTC (null while queued).")
+    finished_at: datetime | None = Field(description="End, ISO 8601 UTC (null until it ends).")
+    total_cells: int = Field(description="Cells targeted.")
+    cells_done: int = Field(
+        description="Cells finished: converged or out of pulse budget (in one shot: every cell "
+        "once its pulse is fired)."
+    )
+    cells_converged: int = Field(
+        description="Cells within the tolerance of their target (0 in one shot: not verified)."
+    )
+    pulses: int = Field(description="Pulses fired so far (one per cell per iteration).")
+    run_id: int | None = Field(
+        description="The run that records its operations (GET /runs/{id}, /export?run_id=), "
+        "null until it starts."
+    )
+    strategy: str = Field(description="Programming strategy.")
+    tolerance: float = Field(description="Relative tolerance.")
+    max_pulses: int = Field(description="Pulse budget per cell.")
+    verify: bool = Field(description="Write-and-verify (true) or one shot (false).")
+    v_read: float = Field(description="Read voltage, V.")
+    submitted_by: str | None = Field(
+        description="Name of the API key that submitted it (null without authentication)."
+    )
+    abort_requested: bool = Field(
+        description="An abort was asked for and takes effect before the next pulse."
+    )
+    error: str | None = Field(description="Why it failed, was aborted or interrupted; else null.")
+
+
+class JobList(BaseModel):
+    jobs: list[JobRecord] = Field(description="Jobs, newest first.")
+
+
+def _utc(t: float | None) -> datetime | None:
+    return None if t is None else datetime.fromtimestamp(t, UTC)
+
+
+def job_record(row: dict, abort_requested: bool = False) -> JobRecord:
+    """The API record of a stored job row (:data:`service.storage.JOB_COLUMNS`)."""
+    return JobRecord(
+        id=row["id"],
+        status=row["status"],
+        created_at=_utc(row["created"]),
+        started_at=_utc(row["started"]),
+        finished_at=_utc(row["finished"]),
+        total_cells=row["total_cells"],
+        cells_done=row["cells_done"],
+        cells_converged=row["cells_converged"],
+        pulses=row["pulses"],
+        run_id=row["run_id"],
+        strategy=row["strategy"],
+        tolerance=row["tolerance"],
+        max_pulses=row["max_pulses"],
+        verify=bool(row["verify"]),
+        v_read=row["v_read"],
+        submitted_by=row["submitted_by"],
+        abort_requested=abort_requested and row["status"] not in TERMINAL,
+        error=row["error"],
+    )
+
+
+# ----------------------------------------------------------------------------------- manager
+
+
+class Subscriber:
+    """One progress-stream client: the job records published since it last looked."""
+
+    def __init__(self) -> None:
+        self._events: deque[JobRecord] = deque(maxlen=SUBSCRIBER_BACKLOG)
+        self._wake = asyncio.Event()
+
+    def push(self, record: JobRecord) -> None:  # on the event loop
+        self._events.append(record)
+        self._wake.set()
+
+    async def next(self, timeout: float) -> JobRecord | None:
+        """The next record, None if none came within ``timeout`` s."""
+        if not self._events:
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                return None
+        return self._events.popleft()
+
+
+@dataclass
+class _Job:
+    id: int
+    row: dict  # the stored row, kept in step with the database
+    abort: str | None = None  # None, or the status an abort ends it in (aborted|interrupted)
+    abort_message: str | None = None
+    subscribers: list[Subscriber] = field(default_factory=list)
+
+
+class JobManager:
+    """Submits jobs to the backend owner, tracks the active ones, publishes their progress."""
+
+    def __init__(self, owner: BackendOwner, loop: asyncio.AbstractEventLoop):
+        self.owner = owner
+        self.storage: Storage = owner.storage
+        self._loop = loop
+        self._active: dict[int, _Job] = {}  # queued or running
+        self._lock = threading.Lock()  # guards _active and each _Job (loop and owner threads)
+        self._submit = asyncio.Lock()  # database ids in submission (= FIFO) order
+        self._tasks: set[asyncio.Task] = set()
+
+    # --- requests (event loop) ---------------------------------------------------------------
+
+    async def submit(self, job: ProgramJob, submitted_by: str | None = None) -> JobRecord:
+        """Store a ``queued`` job and queue it for the backend; its record."""
+        async with self._submit:
+            job_id = await asyncio.to_thread(
+                self.storage.create_job,
+                strategy=job.strategy,
+                tolerance=job.tolerance,
+                max_pulses=job.max_pulses,
+                verify=job.verify,
+                v_read=job.v_read,
+                total_cells=int(job.target.size),
+                submitted_by=submitted_by,
+            )
+            row = await asyncio.to_thread(self.storage.get_job, job_id)
+            assert row is not None
+            handle = _Job(job_id, row)
+            with self._lock:
+                self._active[job_id] = handle
+            # Tasks start in creation order, and each queues its work on the owner before its
+            # first await: the owner's FIFO order is the submission order.
+            task = self._loop.create_task(self._run(handle, job))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return job_record(row)
+
+    async def get(self, job_id: int) -> JobRecord | None:
+        row = await asyncio.to_thread(self.storage.get_job, job_id)
+        if row is None:
+            return None
+        with self._lock:
+            handle = self._active.get(job_id)
+            requested = handle is not None and handle.abort is not None
+        return job_record(row, requested)
+
+    async def list(self, limit: int, offset: int) -> list[JobRecord]:
+        rows = await asyncio.to_thread(self.storage.list_jobs, limit, offset)
+        with self._lock:
+            requested = {i for i, h in self._active.items() if h.abort is not None}
+        return [job_record(row, row["id"] in requested) for row in rows]
+
+    async def abort(self, job_id: int, *, wait: float = 2.0) -> JobRecord | None:
+        """Abort a job: a queued one at once (it never runs), a running one before its next
+        pulse (waiting up to ``wait`` s for it to end). None if the job is not active."""
+        with self._lock:
+            handle = self._active.get(job_id)
+            if handle is None:
+                return None
+        await self._abort([handle], "aborted", "aborted on request")
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            with self._lock:
+                if job_id not in self._active:
+                    break
+            await asyncio.sleep(0.02)
+        return await self.get(job_id)
+
+    async def abort_all(self, message: str = ESTOP_MESSAGE) -> list[int]:
+        """Abort every queued and running job (emergency stop); their ids."""
+        with self._lock:
+            handles = list(self._active.values())
+        await self._abort(handles, "aborted", message)
+        return sorted(h.id for h in handles)
+
+    def shutdown(self) -> None:
+        """Graceful stop of the service: queued jobs and the running one end ``interrupted``
+        (the running one before its next pulse; the owner then finishes its queue)."""
+        with self._lock:
+            handles = list(self._active.values())
+            queued = self._flag(handles, "interrupted", "the service was shut down")
+        for handle in queued:
+            self._end_queued(handle)
+
+    async def _abort(self, handles: list[_Job], status: str, message: str) -> None:
+        with self._lock:
+            queued = self._flag(handles, status, message)
+        for handle in queued:
+            await asyncio.to_thread(self._end_queued, handle)
+
+    def _flag(self, handles: list[_Job], status: str, message: str) -> list[_Job]:
+        """Under the lock: ask ``handles`` to stop; the ones still queued (ended here)."""
+        queued = []
+        for handle in handles:
+            if handle.abort is None:
+                handle.abort, handle.abort_message = status, message
+                if handle.row["status"] == "queued":
+                    queued.append(handle)
+        return queued
+
+    def _end_queued(self, handle: _Job) -> None:
+        """A job aborted before it started: recorded as such (the owner will skip it)."""
+        fields = {"status": handle.abort, "finished": time.time(), "error": handle.abort_message}
+        if self.storage.update_job_if(handle.id, ("queued",), **fields):
+            self._update(handle, fields)
+
+    # --- the job (backend owner thread) ------------------------------------------------------
+
+    async def _run(self, handle: _Job, job: ProgramJob) -> None:
+        try:
+            await self.owner.run(lambda backend, storage: self._execute(handle, job, backend))
+        except EmergencyStopped:
+            await self._fail(handle, "aborted", "cancelled by an emergency stop before it ran")
+        except Exception as exc:
+            log.warning("job %d failed: %s: %s", handle.id, type(exc).__name__, exc)
+            await self._fail(handle, "failed", f"{type(exc).__name__}: {exc}")
+        finally:
+            with self._lock:
+                # A job aborted while queued stays active until its end is stored (_end_queued).
+                if handle.row["status"] in TERMINAL:
+                    self._active.pop(handle.id, None)
+
+    async def _fail(self, handle: _Job, status: str, message: str) -> None:
+        """A job that ended outside the loop (never started, or an error before its run):
+        record its end unless it already has one."""
+        with self._lock:
+            if handle.row["status"] in TERMINAL:
+                return
+        fields = {"status": status, "finished": time.time(), "error": message}
+        if await asyncio.to_thread(
+            self.storage.update_job_if, handle.id, ("queued", "running"), **fields
+        ):
+            self._update(handle, fields)
+
+    def _execute(self, handle: _Job, job: ProgramJob, backend: Backend) -> None:
+        storage = self.storage
+        with self._lock:
+            if handle.abort is not None:
+                return  # aborted while queued: recorded by _end_queued, nothing fired
+            handle.row["status"] = "running"  # from here an abort waits for the loop
+        self._write(handle, status="running", started=time.time())
+
+        def should_stop() -> bool:
+            return handle.abort is not None or self.owner.stop_requested()
+
+        def on_progress(progress: Progress) -> None:
+            # Written with the iteration's operations, committed with them, then published.
+            self._write(
+                handle,
+                run_id=progress.run_id,
+                cells_done=progress.cells_done,
+                cells_converged=progress.cells_converged,
+                pulses=progress.pulses,
+            )
+
+        try:
+            outcome = program_cells(
+                backend, storage, job, should_stop=should_stop, on_progress=on_progress
+            )
+        except BaseException as exc:
+            self._write(
+                handle, status="failed", finished=time.time(), error=f"{type(exc).__name__}: {exc}"
+            )
+            raise
+        status, error = "completed", None
+        if outcome.aborted:
+            if handle.abort is not None:
+                status, error = handle.abort, handle.abort_message
+            else:
+                status, error = "aborted", ESTOP_MESSAGE
+            if self.owner.stop_requested():
+                backend.safe_state()  # again, after the last pulse of this job
+        self._write(
+            handle,
+            status=status,
+            finished=time.time(),
+            error=error,
+            pulses=outcome.pulses_fired,
+            cells_converged=0 if outcome.converged is None else int(outcome.converged.sum()),
+        )
+
+    def _write(self, handle: _Job, **fields: object) -> None:
+        """Owner thread: store ``fields`` (committing the current transaction), publish."""
+        self.storage.update_job(handle.id, **fields)
+        self.storage.commit()
+        self._update(handle, fields)
+
+    def _update(self, handle: _Job, fields: dict) -> None:
+        """Any thread, after the database: keep the in-memory row in step with the stored one,
+        publish it; a job that ended is no longer active (its record is the stored one)."""
+        with self._lock:
+            handle.row.update(fields)
+            record = job_record(handle.row, handle.abort is not None)
+            subscribers = list(handle.subscribers)
+            if record.status in TERMINAL:
+                self._active.pop(handle.id, None)
+        for subscriber in subscribers:
+            try:
+                self._loop.call_soon_threadsafe(subscriber.push, record)
+            except RuntimeError:  # the event loop is closed (the service is stopping)
+                pass
+
+    # --- progress stream ---------------------------------------------------------------------
+
+    async def subscribe(self, job_id: int) -> tuple[JobRecord, Subscriber | None] | None:
+        """The job's record now, and a subscriber to what follows (None for a job that
+        ended). None if there is no such job."""
+        with self._lock:
+            handle = self._active.get(job_id)
+            if handle is not None:
+                subscriber = Subscriber()
+                handle.subscribers.append(subscriber)
+                return job_record(handle.row, handle.abort is not None), subscriber
+        record = await self.get(job_id)
+        return None if record is None else (record, None)
+
+    def unsubscribe(self, job_id: int, subscriber: Subscriber) -> None:
+        with self._lock:
+            handle = self._active.get(job_id)
+            if handle is not None and subscriber in handle.subscribers:
+                handle.subscribers.remove(subscriber)
