@@ -6,14 +6,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test serve lint bench clean
+.PHONY: test serve lint bench clean browser
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q -c constraints.txt -e '.[dev,train]'
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
@@ -25,6 +25,17 @@ serve: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/memprog bench sim
+
+# The dashboard's browser test (tests/test_dashboard_browser.py) drives Debian's chromium through
+# Playwright (no browser download): install it when it is missing (root, or sudo).
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@if [ ! -x $(CHROMIUM) ]; then \
+		echo "installing Debian's chromium for the dashboard's browser test"; \
+		if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; \
+	fi
 
 clean:
 	rm -rf $(VENV)

@@ -1,0 +1,9 @@
+"""The neural pulse predictor: (G_start, G_target, V, device latent) → pulse width.
+
+Modules: ``features`` (definitions), ``dataset`` (simulated records, the service's export),
+``train`` (PyTorch, the ``train`` extra; only ``memprog train`` imports it), ``runtime``
+(onnxruntime: batched, thread-safe inference, input checks, latent inference, reload),
+``control`` (the predict → pulse → read → re-predict policy), ``strategy`` (the service's
+``predictor`` strategy), ``metrics`` and ``evaluate`` (``memprog bench programming``).
+The runtime, the policy and the service never import torch.
+"""

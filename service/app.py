@@ -2,22 +2,37 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from drivers.base import Backend, BackendError, BackendUnavailable, LimitError
 from drivers.factory import make_backend
 from predictor import strategy as predictor_strategy
 from predictor.runtime import OutOfRangeError
+from service import metrics as metrics_module
+from service.auth import AuthState, KeyStore, require, require_by_method
 from service.config import Settings, load_settings
-from service.owner import BackendOwner
-from service.routers import array, array_map, dashboard, health, program, pulses, reads, runs
+from service.jobs import JobManager
+from service.metrics import LatencyMiddleware, MeteredStorage, Metrics
+from service.owner import BackendOwner, EmergencyStopped
+from service.routers import (
+    array,
+    array_map,
+    dashboard,
+    emergency,
+    health,
+    jobs,
+    program,
+    pulses,
+    reads,
+    runs,
+)
 from service.routers import predictor as predictor_router
 from service.state import ServiceState
-from service.storage import Storage
 from service.validation import limit_problem
 
 API_PREFIX = "/api/v1"
@@ -41,19 +56,29 @@ def create_app(
     a failing backend, everything else uses :func:`drivers.factory.make_backend`.
     """
     settings = settings if settings is not None else load_settings()
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The storage marks runs and jobs left running by a crash 'interrupted' (never re-run).
         owner = BackendOwner(
-            lambda: backend_factory(settings), lambda: Storage(settings.database)
+            lambda: backend_factory(settings),
+            lambda: MeteredStorage(settings.database, metrics),
         )
         app.state.memprog = ServiceState(settings=settings, owner=owner)
+        app.state.jobs = JobManager(owner, asyncio.get_running_loop())
+        metrics.watch(
+            queue_depth=lambda: owner.queued,
+            jobs=owner.storage.count_jobs,
+            backend_up=lambda: owner.info is not None and owner.unavailable is None,
+        )
         # The pulse predictor: a model that cannot be loaded is reported by /health, and
         # /program's default strategy falls back to ispp; the service starts regardless.
         app.state.memprog.predictor = predictor_strategy.startup(settings.predictor.path)
         try:
             yield
         finally:
+            app.state.jobs.shutdown()  # jobs end 'interrupted', the running one between pulses
             owner.shutdown()
 
     app = FastAPI(
@@ -63,9 +88,27 @@ def create_app(
         version="1",
         lifespan=lifespan,
     )
-    for module in (health, array, reads, pulses, program, runs, predictor_router):
-        app.include_router(module.router, prefix=API_PREFIX)
-    app.include_router(array_map.router, prefix=API_PREFIX)
+    app.state.metrics = metrics
+    app.state.auth = AuthState(enabled=settings.auth.enabled, keys=KeyStore(settings.database))
+    app.add_middleware(LatencyMiddleware, metrics=metrics)
+    # Who may call what (service.auth; with authentication off everything is open). Health
+    # stays open (liveness probes); jobs, emergency stop and metrics check per route.
+    read = [Depends(require("read"))]
+    scopes = {
+        health: [],
+        array: read,
+        array_map: read,
+        reads: read,
+        runs: read,
+        pulses: [Depends(require("program"))],
+        program: [Depends(require("program"))],
+        predictor_router: [Depends(require_by_method({"GET": "read", "POST": "admin"}))],
+        jobs: [],
+        emergency: [],
+    }
+    for module, dependencies in scopes.items():
+        app.include_router(module.router, prefix=API_PREFIX, dependencies=dependencies)
+    app.include_router(metrics_module.router)
     dashboard.install(app)  # the page at / and its files at /static
 
     @app.exception_handler(OutOfRangeError)
@@ -76,6 +119,10 @@ def create_app(
     @app.exception_handler(predictor_strategy.PredictorUnavailable)
     async def _no_predictor(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse(status_code=503, content={"detail": str(exc)})
+
+    @app.exception_handler(EmergencyStopped)
+    async def _estopped(request: Request, exc: EmergencyStopped) -> JSONResponse:
+        return JSONResponse(status_code=409, content={"detail": str(exc)})
 
     @app.exception_handler(LimitError)
     async def _limit(request: Request, exc: LimitError) -> JSONResponse:

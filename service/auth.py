@@ -102,7 +102,8 @@ class KeyStore:
         try:
             with conn:
                 cur = conn.execute(
-                    "INSERT INTO api_keys (name, scope, hint, hash, created) VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO api_keys (name, scope, hint, hash, created) "
+                    "VALUES (?, ?, ?, ?, ?)",
                     (name.strip(), scope, key[:10], _hash(key), time.time()),
                 )
         finally:

@@ -148,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(func=_train)
 
+    from service.keys_cli import add_parser as add_keys_parser
+
+    add_keys_parser(sub)
+
     emulate = sub.add_parser(
         "emulate", help="serve the SCPI/TSP instrument emulators of a bench file on loopback"
     )

@@ -11,17 +11,31 @@
 
 Answers are the service's own pydantic models (``service.models``). A 4xx/5xx raises
 :class:`MemprogError` carrying the status and the service's ``detail`` (which names the field).
+
+Background jobs, the emergency stop and API keys (a service with authentication on)::
+
+    with MemprogClient("http://lab-pc:8000", api_key="mp_...") as lab:
+        job = lab.submit_job([(r, c, 250e-6) for r in range(64) for c in range(64)])
+        for progress in lab.job_events(job.id):          # live, until it ends
+            print(progress.status, progress.cells_done, "/", progress.total_cells)
+        lab.emergency_stop()                              # outputs off now, jobs aborted
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import json
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import httpx
 
 from service.models import (
+    JOB_TERMINAL,
     ArrayResponse,
+    EmergencyStopResponse,
     HealthResponse,
+    JobList,
+    JobRecord,
     ProgramResponse,
     PulseResponse,
     ReadResponse,
@@ -54,9 +68,13 @@ class MemprogClient:
         *,
         timeout: float = 600.0,
         transport: httpx.BaseTransport | None = None,
+        api_key: str | None = None,
     ):
         # Programming a large array on hardware can take minutes: the default timeout is long.
-        self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
+        headers = {"Authorization": f"ApiKey {api_key}"} if api_key else None
+        self._http = httpx.Client(
+            base_url=base_url, timeout=timeout, transport=transport, headers=headers
+        )
 
     def __enter__(self) -> MemprogClient:
         return self
@@ -131,6 +149,76 @@ class MemprogClient:
             body["v_read"] = v_read
         return ProgramResponse.model_validate(self._post("/program", body))
 
+    # --- background jobs --------------------------------------------------------------------
+
+    def submit_job(
+        self,
+        targets: Iterable[TargetLike],
+        *,
+        tolerance: float = 0.02,
+        max_pulses: int = 20,
+        strategy: str | None = None,
+        verify: bool = True,
+        v_read: float | None = None,
+    ) -> JobRecord:
+        """Queue a background programming job (answered at once, status ``queued``)."""
+        body: dict[str, object] = {
+            "targets": [_target(t) for t in targets],
+            "tolerance": tolerance,
+            "max_pulses": max_pulses,
+            "verify": verify,
+        }
+        if strategy is not None:
+            body["strategy"] = strategy
+        if v_read is not None:
+            body["v_read"] = v_read
+        return JobRecord.model_validate(self._post("/jobs", body))
+
+    def job(self, job_id: int) -> JobRecord:
+        return JobRecord.model_validate(self._get(f"/jobs/{job_id}"))
+
+    def jobs(self, limit: int = 100, offset: int = 0) -> JobList:
+        return JobList.model_validate(self._get("/jobs", limit=limit, offset=offset))
+
+    def abort_job(self, job_id: int) -> JobRecord:
+        """Abort a job (a running one stops before its next pulse)."""
+        return JobRecord.model_validate(self._post(f"/jobs/{job_id}/abort", None))
+
+    def job_events(self, job_id: int, *, timeout: float | None = None) -> Iterator[JobRecord]:
+        """The job's progress as it happens (Server-Sent Events), ending with its final state;
+        ``timeout`` (s) bounds the whole stream (TimeoutError)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._http.stream("GET", f"{API}/jobs/{job_id}/events") as response:
+            if not response.is_success:
+                response.read()
+                _raise_for(response)
+            for line in response.iter_lines():
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"job {job_id} still running after {timeout} s")
+                if line.startswith("data:"):
+                    record = JobRecord.model_validate(json.loads(line[5:]))
+                    yield record
+                    if record.status in JOB_TERMINAL:
+                        return
+
+    def wait_job(self, job_id: int, *, timeout: float | None = None) -> JobRecord:
+        """Follow the job until it ends; its final record."""
+        final = None
+        for record in self.job_events(job_id, timeout=timeout):
+            final = record
+        return final if final is not None else self.job(job_id)
+
+    # --- safety -----------------------------------------------------------------------------
+
+    def emergency_stop(self) -> EmergencyStopResponse:
+        """Outputs off and safe state now; every job aborted. Raises :class:`MemprogError`
+        (502, detail: the answer) if the backend could not confirm its safe state."""
+        response = self._http.post(f"{API}/emergency-stop")
+        if response.status_code == 502:
+            raise MemprogError(502, response.json())
+        _raise_for(response)
+        return EmergencyStopResponse.model_validate(response.json())
+
     # --- history ----------------------------------------------------------------------------
 
     def runs(self, limit: int = 100, offset: int = 0) -> RunList:
@@ -155,7 +243,7 @@ class MemprogClient:
         _raise_for(response)
         return response.json()
 
-    def _post(self, path: str, body: Mapping[str, object]) -> object:
+    def _post(self, path: str, body: Mapping[str, object] | None) -> object:
         response = self._http.post(API + path, json=body)
         _raise_for(response)
         return response.json()

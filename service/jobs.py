@@ -26,103 +26,23 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.base import Backend
-from service.models import Target
+from service.models import JOB_TERMINAL, JobRecord, JobStatus
 from service.owner import BackendOwner, EmergencyStopped
 from service.programming import ProgramJob, Progress, program_cells
 from service.storage import Storage
 
 log = logging.getLogger("memprog.jobs")
 
-JobStatus = Literal["queued", "running", "completed", "failed", "aborted", "interrupted"]
-TERMINAL: frozenset[str] = frozenset({"completed", "failed", "aborted", "interrupted"})
+TERMINAL = JOB_TERMINAL
+__all__ = ["TERMINAL", "JobManager", "JobRecord", "JobStatus", "job_record"]
 
 SUBSCRIBER_BACKLOG = 1000
 """Progress events kept for a stream client that falls behind; beyond it the oldest are dropped
 (the newest, and so the terminal one, always arrive)."""
 
 ESTOP_MESSAGE = "stopped by an emergency stop"
-
-
-# ------------------------------------------------------------------------------ API contract
-
-
-class JobRequest(BaseModel):
-    """A background programming job: the same fields as ``POST /program`` (without ``trace``:
-    a job's pulses are in ``GET /runs/{run_id}?trace=true`` and the export)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    targets: list[Target] = Field(
-        min_length=1,
-        description="Cells and their target conductances (S), each cell at most once; up to "
-        "the whole array.",
-    )
-    tolerance: float = Field(
-        0.02,
-        gt=0,
-        lt=1,
-        description="Convergence band relative to the target: |G − target| ≤ tolerance·target.",
-    )
-    max_pulses: int = Field(20, ge=1, description="Pulse budget per cell.")
-    strategy: str | None = Field(
-        None,
-        description="Programming strategy (see GET /array: strategies); null for the default.",
-    )
-    verify: bool = Field(
-        True,
-        description="true: write and verify until converged or out of budget. false: one shot "
-        "(one read, exactly one pulse per cell).",
-    )
-    v_read: float | None = Field(None, description="Read voltage, V (default: the service's).")
-
-
-class JobRecord(BaseModel):
-    """A job as stored, with its progress."""
-
-    id: int = Field(description="Job identifier.")
-    status: JobStatus = Field(
-        description="queued (waiting for the backend); running; completed; failed (an error "
-        "stopped it, see error); aborted (by POST /jobs/{id}/abort or an emergency stop, before "
-        "its next pulse); interrupted (the service stopped or crashed while it was queued or "
-        "running; it is never resumed)."
-    )
-    created_at: datetime = Field(description="Submission time, ISO 8601 UTC.")
-    started_at: datetime | None = Field(description="Start, ISO 8601 UTC (null while queued).")
-    finished_at: datetime | None = Field(description="End, ISO 8601 UTC (null until it ends).")
-    total_cells: int = Field(description="Cells targeted.")
-    cells_done: int = Field(
-        description="Cells finished: converged or out of pulse budget (in one shot: every cell "
-        "once its pulse is fired)."
-    )
-    cells_converged: int = Field(
-        description="Cells within the tolerance of their target (0 in one shot: not verified)."
-    )
-    pulses: int = Field(description="Pulses fired so far (one per cell per iteration).")
-    run_id: int | None = Field(
-        description="The run that records its operations (GET /runs/{id}, /export?run_id=), "
-        "null until it starts."
-    )
-    strategy: str = Field(description="Programming strategy.")
-    tolerance: float = Field(description="Relative tolerance.")
-    max_pulses: int = Field(description="Pulse budget per cell.")
-    verify: bool = Field(description="Write-and-verify (true) or one shot (false).")
-    v_read: float = Field(description="Read voltage, V.")
-    submitted_by: str | None = Field(
-        description="Name of the API key that submitted it (null without authentication)."
-    )
-    abort_requested: bool = Field(
-        description="An abort was asked for and takes effect before the next pulse."
-    )
-    error: str | None = Field(description="Why it failed, was aborted or interrupted; else null.")
-
-
-class JobList(BaseModel):
-    jobs: list[JobRecord] = Field(description="Jobs, newest first.")
 
 
 def _utc(t: float | None) -> datetime | None:
@@ -257,12 +177,17 @@ class JobManager:
             await asyncio.sleep(0.02)
         return await self.get(job_id)
 
-    async def abort_all(self, message: str = ESTOP_MESSAGE) -> list[int]:
-        """Abort every queued and running job (emergency stop); their ids."""
+    def stop_all(self, message: str = ESTOP_MESSAGE) -> tuple[list[int], list[_Job]]:
+        """Emergency stop, at once (no I/O): ask every queued and running job to stop. Their
+        ids, and the queued ones, whose end :meth:`end_queued` records."""
         with self._lock:
             handles = list(self._active.values())
-        await self._abort(handles, "aborted", message)
-        return sorted(h.id for h in handles)
+            queued = self._flag(handles, "aborted", message)
+        return sorted(h.id for h in handles), queued
+
+    async def end_queued(self, handles: list[_Job]) -> None:
+        for handle in handles:
+            await asyncio.to_thread(self._end_queued, handle)
 
     def shutdown(self) -> None:
         """Graceful stop of the service: queued jobs and the running one end ``interrupted``
@@ -301,7 +226,7 @@ class JobManager:
         try:
             await self.owner.run(lambda backend, storage: self._execute(handle, job, backend))
         except EmergencyStopped:
-            await self._fail(handle, "aborted", "cancelled by an emergency stop before it ran")
+            await self._fail(handle, "aborted", handle.abort_message or ESTOP_MESSAGE)
         except Exception as exc:
             log.warning("job %d failed: %s: %s", handle.id, type(exc).__name__, exc)
             await self._fail(handle, "failed", f"{type(exc).__name__}: {exc}")
@@ -349,9 +274,13 @@ class JobManager:
                 backend, storage, job, should_stop=should_stop, on_progress=on_progress
             )
         except BaseException as exc:
-            self._write(
-                handle, status="failed", finished=time.time(), error=f"{type(exc).__name__}: {exc}"
-            )
+            failure = f"{type(exc).__name__}: {exc}"
+            if should_stop():  # e.g. a bench that broke its batch off for the emergency stop
+                status = handle.abort or "aborted"
+                error = f"{handle.abort_message or ESTOP_MESSAGE} (during a pulse batch: {failure})"
+            else:
+                status, error = "failed", failure
+            self._write(handle, status=status, finished=time.time(), error=error)
             raise
         status, error = "completed", None
         if outcome.aborted:

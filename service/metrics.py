@@ -30,7 +30,13 @@ from pathlib import Path
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -52,6 +58,7 @@ class Metrics:
     """The metrics of one service instance, in their own registry."""
 
     def __init__(self) -> None:
+        disable_created_metrics()  # no *_created series: they double the exposition for nothing
         self.registry = CollectorRegistry()
         r = self.registry
         self.pulses = Counter("memprog_pulses", "Pulses fired (one per cell).", registry=r)
@@ -140,12 +147,12 @@ class MeteredStorage(Storage):
         self.metrics = metrics
         self._strategy: dict[int, str] = {}
 
-    def record_read(self, result, run_id: int | None = None) -> None:
-        super().record_read(result, run_id)
+    def record_read(self, result, *args, **kwargs) -> None:
+        super().record_read(result, *args, **kwargs)
         self.metrics.reads.inc(len(result.rows))
 
-    def record_pulse(self, rows, cols, voltage, width, run_id: int | None = None) -> None:
-        super().record_pulse(rows, cols, voltage, width, run_id)
+    def record_pulse(self, rows, *args, **kwargs) -> None:
+        super().record_pulse(rows, *args, **kwargs)
         self.metrics.pulses.inc(len(np.asarray(rows)))
 
     def start_run(self, params: RunParams) -> int:
@@ -167,9 +174,10 @@ class MeteredStorage(Storage):
             for count in np.asarray(kwargs["pulses"]).tolist():
                 histogram.observe(count)
 
-    def fail_run(self, run_id: int, error: str) -> None:
-        super().fail_run(run_id, error)
+    def fail_run(self, run_id: int, error: str) -> int:
+        fired = super().fail_run(run_id, error)
         self.metrics.runs.labels(self._strategy.pop(run_id, "unknown"), "failed").inc()
+        return fired
 
 
 class LatencyMiddleware:
@@ -195,11 +203,23 @@ class LatencyMiddleware:
         try:
             await self.app(scope, receive, timed_send)
         finally:
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            route = _template(scope)
             method = scope.get("method", "")
             self.metrics.request_latency.labels(
                 method if method in _METHODS else "other", route, str(status)
             ).observe(time.perf_counter() - started)
+
+
+def _template(scope: Scope) -> str:
+    """The matched route's full path template (``/api/v1/runs/{run_id}``), ``unmatched`` if
+    none: the route knows its path below the router prefix, the request the prefix."""
+    path = getattr(scope.get("route"), "path", None)
+    if not isinstance(path, str) or not path.startswith("/"):
+        return "unmatched"
+    depth = path.rstrip("/").count("/")
+    if depth == 0:
+        return path
+    return "/".join(scope["path"].split("/")[:-depth]) + path.rstrip("/")
 
 
 router = APIRouter(tags=["operations"])

@@ -7,11 +7,12 @@ answering with the same 422 error shape as the checks below.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Index = Annotated[int, Field(ge=0, description="Zero-based index.")]
+Index = Annotated[int, Field(ge=0, lt=2**31, description="Zero-based index.")]
 Cell = Annotated[
     tuple[Index, Index],
     Field(description="A cell as [row, col], zero-based word-line and bit-line indices."),
@@ -256,3 +257,99 @@ class RunList(BaseModel):
 
 class RunDetail(RunSummary):
     results: list[CellResult] = Field(description="Per-cell results, in request order.")
+
+
+# --------------------------------------------------------------------------------------- jobs
+# Background programming jobs (service/jobs.py, routers/jobs.py).
+
+JobStatus = Literal["queued", "running", "completed", "failed", "aborted", "interrupted"]
+JOB_TERMINAL: frozenset[str] = frozenset({"completed", "failed", "aborted", "interrupted"})
+"""The statuses a job ends in."""
+
+
+class JobRequest(_Model):
+    """A background programming job: the same fields as ``POST /program`` (without ``trace``:
+    a job's pulses are in ``GET /runs/{run_id}?trace=true`` and the export)."""
+
+    targets: list[Target] = Field(
+        min_length=1,
+        description="Cells and their target conductances (S), each cell at most once; up to "
+        "the whole array.",
+    )
+    tolerance: float = Field(
+        0.02,
+        gt=0,
+        lt=1,
+        description="Convergence band relative to the target: |G − target| ≤ tolerance·target.",
+    )
+    max_pulses: int = Field(20, ge=1, description="Pulse budget per cell.")
+    strategy: str | None = Field(
+        None,
+        description="Programming strategy (see GET /array: strategies); null for the default.",
+    )
+    verify: bool = Field(
+        True,
+        description="true: write and verify until converged or out of budget. false: one shot "
+        "(one read, exactly one pulse per cell).",
+    )
+    v_read: float | None = Field(None, description="Read voltage, V (default: the service's).")
+
+
+class JobRecord(BaseModel):
+    """A job as stored, with its progress."""
+
+    id: int = Field(description="Job identifier.")
+    status: JobStatus = Field(
+        description="queued (waiting for the backend); running; completed; failed (an error "
+        "stopped it, see error); aborted (by POST /jobs/{id}/abort or an emergency stop, before "
+        "its next pulse); interrupted (the service stopped or crashed while it was queued or "
+        "running; it is never resumed)."
+    )
+    created_at: datetime = Field(description="Submission time, ISO 8601 UTC.")
+    started_at: datetime | None = Field(description="Start, ISO 8601 UTC (null while queued).")
+    finished_at: datetime | None = Field(description="End, ISO 8601 UTC (null until it ends).")
+    total_cells: int = Field(description="Cells targeted.")
+    cells_done: int = Field(
+        description="Cells finished: converged or out of pulse budget (in one shot: every cell "
+        "once its pulse is fired)."
+    )
+    cells_converged: int = Field(
+        description="Cells within the tolerance of their target (0 in one shot: not verified)."
+    )
+    pulses: int = Field(description="Pulses fired so far (one per cell per iteration).")
+    run_id: int | None = Field(
+        description="The run that records its operations (GET /runs/{id}, /export?run_id=), "
+        "null until it starts."
+    )
+    strategy: str = Field(description="Programming strategy.")
+    tolerance: float = Field(description="Relative tolerance.")
+    max_pulses: int = Field(description="Pulse budget per cell.")
+    verify: bool = Field(description="Write-and-verify (true) or one shot (false).")
+    v_read: float = Field(description="Read voltage, V.")
+    submitted_by: str | None = Field(
+        description="Name of the API key that submitted it (null without authentication)."
+    )
+    abort_requested: bool = Field(
+        description="An abort was asked for and takes effect before the next pulse."
+    )
+    error: str | None = Field(description="Why it failed, was aborted or interrupted; else null.")
+
+
+class JobList(BaseModel):
+    jobs: list[JobRecord] = Field(description="Jobs, newest first.")
+
+
+# ------------------------------------------------------------------------------------- safety
+
+
+class EmergencyStopResponse(BaseModel):
+    stopped: bool = Field(
+        description="true: the backend confirmed its safe state (0 V, outputs off, matrix "
+        "open); false: it could not (see error) — check the bench by hand."
+    )
+    aborted_jobs: list[int] = Field(
+        description="Jobs that were queued or running: each ends 'aborted' (a running one "
+        "before its next pulse)."
+    )
+    backend: Literal["simulated", "hardware"] = Field(description="The backend stopped.")
+    error: str | None = Field(None, description="Why the safe state was not confirmed.")

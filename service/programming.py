@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -344,6 +344,7 @@ def program_cells(
     run_id = storage.start_run(
         RunParams(job.strategy, job.tolerance, job.max_pulses, job.verify, job.v_read, n)
     )
+    last_progress: Progress | None = None
     try:
         first = backend.read(job.rows, job.cols, job.v_read)
         storage.record_read(first, run_id)
@@ -355,10 +356,10 @@ def program_cells(
         aborted = False
 
         def progress(iteration: int, done: int, converged_now: int) -> None:
+            nonlocal last_progress
+            last_progress = Progress(run_id, iteration, n, done, converged_now, int(pulses.sum()))
             if on_progress is not None:
-                on_progress(
-                    Progress(run_id, iteration, n, done, converged_now, int(pulses.sum()))
-                )
+                on_progress(last_progress)
 
         if not job.verify:
             progress(0, 0, 0)
@@ -422,8 +423,11 @@ def program_cells(
         )
         storage.commit()
     except BaseException as exc:
-        storage.fail_run(run_id, f"{type(exc).__name__}: {exc}")
+        fired = storage.fail_run(run_id, f"{type(exc).__name__}: {exc}")
         storage.commit()
+        if on_progress is not None and last_progress is not None and fired != last_progress.pulses:
+            # pulses of a batch broken off (a bench failure, an emergency stop) are recorded
+            on_progress(replace(last_progress, pulses=fired))
         raise
     return ProgramOutcome(
         run_id=run_id,

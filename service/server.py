@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import uvicorn
 
 from service.app import create_app
+from service.auth import KeyStore, exposure_problem
 from service.config import load_settings
 
 
@@ -16,12 +18,26 @@ def serve(
     port: int | None = None,
     log_level: str = "info",
 ) -> int:
-    """Run until SIGINT/SIGTERM; shutdown puts the backend into its safe state."""
+    """Run until SIGINT/SIGTERM; shutdown puts the backend into its safe state.
+
+    Refuses (exit status 2, nothing served) to bind to a non-loopback address without
+    authentication."""
     settings = load_settings(config)
+    host = host if host is not None else settings.server.host
+    problem = exposure_problem(settings.auth.enabled, host)
+    if problem is not None:
+        print(f"memprog serve: {problem}", file=sys.stderr)
+        return 2
+    if settings.auth.enabled and KeyStore(settings.database).count_valid() == 0:
+        print(
+            "memprog serve: authentication is on but no API key exists yet: every request "
+            "but /api/v1/health answers 401 until one is created (memprog keys create)",
+            file=sys.stderr,
+        )
     app = create_app(settings)
     uvicorn.run(
         app,
-        host=host if host is not None else settings.server.host,
+        host=host,
         port=port if port is not None else settings.server.port,
         log_level=log_level,
         # One worker on purpose: the backend has exactly one owner.

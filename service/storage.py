@@ -333,12 +333,18 @@ class Storage:
                 ),
             )
 
-    def fail_run(self, run_id: int, error: str) -> None:
+    def fail_run(self, run_id: int, error: str) -> int:
+        """Mark the run failed; its pulses, as recorded (those of a broken-off batch too)."""
         with self._lock:
+            (fired,) = self._conn.execute(
+                "SELECT COUNT(*) FROM operations WHERE run_id = ? AND kind = 'pulse'", (run_id,)
+            ).fetchone()
             self._conn.execute(
-                "UPDATE runs SET status = 'failed', finished = ?, error = ? WHERE id = ?",
-                (time.time(), error, run_id),
+                "UPDATE runs SET status = 'failed', finished = ?, error = ?, total_pulses = ? "
+                "WHERE id = ?",
+                (time.time(), error, fired, run_id),
             )
+        return int(fired)
 
     def commit(self) -> None:
         """Commit to the WAL: survives a crash of the process, not necessarily a power cut."""

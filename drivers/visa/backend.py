@@ -66,6 +66,9 @@ class VisaBackend(Backend):
             raise
         self._op_lock = threading.RLock()
         self._closed = False
+        # Bumped by emergency_stop(); an operation that began under an older value stops before
+        # its next route, read or pulse (see _check_stop).
+        self._stop_generation = 0
 
     # -- statistics -----------------------------------------------------------------------------
 
@@ -109,11 +112,14 @@ class VisaBackend(Backend):
         current = np.zeros(r_arr.shape, dtype=float)
         tripped = np.zeros(r_arr.shape, dtype=bool)
         smu = self.instruments["smu"]
+        generation = self._stop_generation
         with self._op_lock:
             try:
                 self._check_open()
                 for k, (r, c) in enumerate(zip(r_arr.tolist(), c_arr.tolist(), strict=True)):
+                    self._check_stop(generation)
                     self._route(r, c, "smu")
+                    self._check_stop(generation)
                     current[k], tripped[k] = smu.run(
                         lambda s: self.smu_driver.measure(s, v_read), what=f"read of ({r}, {c})"
                     )
@@ -146,15 +152,17 @@ class VisaBackend(Backend):
         pulser = self.instruments["pulser"]
         done = 0
         uncertain = False
+        generation = self._stop_generation
         with self._op_lock:
             try:
                 self._check_open()
                 for r, c, shape in zip(r_arr.tolist(), c_arr.tolist(), shapes, strict=True):
+                    self._check_stop(generation)
                     self._route(r, c, "pulser")
                     pulser.run(lambda s, shape=shape: self.pulser_driver.apply_shape(s, shape),
                                what="pulse shape")
                     try:
-                        pulser.run(self.pulser_driver.fire, idempotent=False,
+                        pulser.run(lambda s: self._fire(s, generation), idempotent=False,
                                    what=f"pulse on ({r}, {c})")
                     except InstrumentError as e:
                         done += e.fired
@@ -196,6 +204,18 @@ class VisaBackend(Backend):
         if problems:
             raise BackendUnavailable("safe state not confirmed: " + " | ".join(problems))
 
+    def emergency_stop(self) -> None:
+        """Stop the running operation before its next route, read or pulse, and make the bench
+        safe now, without waiting for the operation's lock.
+
+        Each instrument's own lock keeps every SCPI transaction whole; the safe-state messages go
+        out between two of the running operation's transactions. That operation then meets the
+        new stop generation before it could turn the pulser's output on again, and fails with a
+        :class:`BackendError` (its pulses fired so far are reported as usual).
+        """
+        self._stop_generation += 1
+        self.safe_state()
+
     def close(self) -> None:
         with self._op_lock:
             if self._closed:
@@ -222,6 +242,17 @@ class VisaBackend(Backend):
         for inst in self.instruments.values():
             if not inst.connected:
                 inst.run(_noop, what="connect")
+
+    def _fire(self, session: Session, generation: int) -> None:
+        # The fire command turns the output on. Checked under the pulser's lock, which the
+        # emergency stop's safe state also takes: a stop either comes before this check (no
+        # pulse) or after the pulse has ended (output off again).
+        self._check_stop(generation)
+        self.pulser_driver.fire(session)
+
+    def _check_stop(self, generation: int) -> None:
+        if self._stop_generation != generation:
+            raise BackendError("stopped by an emergency stop")
 
     def _cells(self, rows, cols) -> tuple[np.ndarray, np.ndarray]:
         try:

@@ -7,7 +7,7 @@ from fastapi import APIRouter, HTTPException, Response
 
 from drivers.base import Backend
 from service.deps import StateDep
-from service.models import CellResult, ProgramRequest, ProgramResponse
+from service.models import CellResult, JobRequest, ProgramRequest, ProgramResponse
 from service.programming import (
     ProgramJob,
     ProgramOutcome,
@@ -17,6 +17,7 @@ from service.programming import (
 )
 from service.responses import ERRORS, json_response
 from service.routers.reads import request_v_read
+from service.state import ServiceState
 from service.storage import Storage
 from service.validation import RequestProblem, cell_arrays
 
@@ -47,7 +48,9 @@ async def program(request: ProgramRequest, state: StateDep) -> Response:
     return json_response(_response(job, outcome))
 
 
-async def program_job(request, state, *, trace: bool = False) -> ProgramJob:
+async def program_job(
+    request: ProgramRequest | JobRequest, state: ServiceState, *, trace: bool = False
+) -> ProgramJob:
     """A programming request (``/program``'s or a job's) checked against the array and the
     limits: 422 naming the field, before anything is queued."""
     strategy = request.strategy or default_strategy()

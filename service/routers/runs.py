@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
@@ -20,12 +20,15 @@ from service.storage import OPERATION_COLUMNS, Storage
 
 router = APIRouter(tags=["history"])
 
+SQL_INT_MAX = 2**63 - 1
+"""Largest SQLite integer: a larger id or offset is a 422, not an overflow."""
+
 
 @router.get("/runs", response_model=RunList, summary="Programming runs, newest first")
 def list_runs(
     storage: StorageDep,
     limit: Annotated[int, Query(ge=1, le=1000, description="Runs per page.")] = 100,
-    offset: Annotated[int, Query(ge=0, description="Runs to skip.")] = 0,
+    offset: Annotated[int, Query(ge=0, le=SQL_INT_MAX, description="Runs to skip.")] = 0,
 ) -> RunList:
     return RunList(runs=[RunSummary(**run) for run in storage.list_runs(limit, offset)])
 
@@ -37,7 +40,7 @@ def list_runs(
     summary="One run with its per-cell results",
 )
 def get_run(
-    run_id: int,
+    run_id: Annotated[int, Path(ge=1, le=SQL_INT_MAX, description="Run identifier.")],
     storage: StorageDep,
     trace: Annotated[
         bool, Query(description="Include every pulse of every cell with its result.")
@@ -73,7 +76,7 @@ def export(
         Query(description="csv: one line per operation; hdf5: per-cell time series."),
     ] = "csv",
     run_id: Annotated[
-        int | None, Query(description="Only the operations of this run.")
+        int | None, Query(ge=1, le=SQL_INT_MAX, description="Only the operations of this run.")
     ] = None,
 ) -> Response:
     """Every pulse and read.

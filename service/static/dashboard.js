@@ -70,7 +70,8 @@ async function apiJson(path, options) {
     let detail = response.statusText;
     try {
       const body = await response.json();
-      detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+      const value = body.detail ?? body.error ?? body;
+      detail = typeof value === "string" ? value : JSON.stringify(value);
     } catch (_) { /* not JSON */ }
     throw new HttpError(response.status, detail);
   }
@@ -147,7 +148,7 @@ async function refreshHealth() {
   const predictor = health.predictor && health.predictor.name
     ? `predictor ${health.predictor.name} ${health.predictor.version || ""}` : "no predictor";
   $("service-status").textContent =
-    `v${health.version} · ${health.queued} queued · ${predictor}`;
+    `v${health.version} · ${health.queued} in the backend queue · ${predictor}`;
 }
 
 function setBanner(kind, title, detail) {
@@ -359,7 +360,8 @@ function setupHeatmapTooltip() {
 
 function jobList(body) {
   const list = Array.isArray(body) ? body : (body.jobs || body.items || []);
-  return list.slice().sort((a, b) => jobTime(b) - jobTime(a));
+  const newestFirst = (a, b) => (jobTime(b) - jobTime(a)) || (Number(b.id) - Number(a.id));
+  return list.slice().sort(newestFirst);
 }
 
 function jobTime(job) {
@@ -371,7 +373,9 @@ function jobTime(job) {
 function formatTime(value) {
   if (value === null || value === undefined) return "";
   const t = typeof value === "number" ? new Date(value * 1000) : new Date(value);
-  return Number.isNaN(t.getTime()) ? String(value) : t.toLocaleTimeString();
+  if (Number.isNaN(t.getTime())) return String(value);
+  return t.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit",
+    hour12: false });
 }
 
 async function refreshJobs() {
@@ -390,10 +394,15 @@ async function refreshJobs() {
   }
   state.jobs = jobList(body);
   renderJobsTable();
-  const pinned = state.pinnedJobId !== null
-    ? state.jobs.find((job) => String(job.id) === state.pinnedJobId) : null;
   const running = state.jobs.filter((job) => job.status === "running");
   const queued = state.jobs.filter((job) => job.status === "queued");
+  // A job the user clicked stays shown until a newer job starts.
+  if (state.pinnedJobId !== null
+      && running.some((job) => Number(job.id) > Number(state.pinnedJobId))) {
+    state.pinnedJobId = null;
+  }
+  const pinned = state.pinnedJobId !== null
+    ? state.jobs.find((job) => String(job.id) === state.pinnedJobId) : null;
   // Show: the job the user picked, else the running one, else the next queued, else the newest.
   const chosen = pinned || running[0] || queued[queued.length - 1] || state.jobs[0] || null;
   if (!chosen) return;
@@ -416,17 +425,7 @@ function renderJobsTable() {
     const tr = document.createElement("tr");
     tr.dataset.jobId = job.id;
     if (state.shownJob && String(state.shownJob.id) === String(job.id)) tr.className = "selected";
-    const cells = [
-      String(job.id).slice(0, 12),
-      job.status,
-      `${job.cells_done ?? 0}/${job.total_cells ?? "?"}`,
-      job.cells_converged ?? "",
-      job.pulses ?? "",
-      job.strategy ?? "",
-      job.run_id ?? "",
-      formatTime(job.created_at),
-    ];
-    for (const text of cells) {
+    for (const text of jobRowCells(job)) {
       const td = document.createElement("td");
       td.textContent = text;
       tr.appendChild(td);
@@ -439,6 +438,32 @@ function renderJobsTable() {
     });
     body.appendChild(tr);
   }
+}
+
+function jobRowCells(job) {
+  return [
+    String(job.id).slice(0, 12),
+    job.status,
+    `${job.cells_done ?? 0}/${job.total_cells ?? "?"}`,
+    job.cells_converged ?? "",
+    job.pulses ?? "",
+    job.strategy ?? "",
+    job.run_id ?? "",
+    formatTime(job.created_at),
+  ];
+}
+
+// A fresher record of a job (from its stream): its row in the table follows.
+function updateJobRow(job) {
+  const index = state.jobs.findIndex((j) => String(j.id) === String(job.id));
+  if (index >= 0) state.jobs[index] = job;
+  const tr = $("jobs-table").querySelector(`tbody tr[data-job-id="${CSS.escape(String(job.id))}"]`);
+  if (!tr) return;
+  jobRowCells(job).forEach((text, i) => {
+    if (tr.children[i] && tr.children[i].textContent !== String(text)) {
+      tr.children[i].textContent = text;
+    }
+  });
 }
 
 // One job record arrived (from a stream, a poll or the list): show it.
@@ -469,6 +494,7 @@ function onJobUpdate(job, source) {
     + `${job.pulses ?? 0} pulses`;
   if (job.started_at) text += ` · started ${formatTime(job.started_at)}`;
   if (job.finished_at) text += ` · ended ${formatTime(job.finished_at)}`;
+  if (job.abort_requested && ACTIVE.has(job.status)) text += " · abort requested";
   $("job-progress-text").textContent = text;
   const error = $("job-error");
   error.textContent = job.error || "";
@@ -477,6 +503,7 @@ function onJobUpdate(job, source) {
   for (const tr of $("jobs-table").querySelectorAll("tbody tr")) {
     tr.classList.toggle("selected", tr.dataset.jobId === String(job.id));
   }
+  if (source !== "list") updateJobRow(job);
 
   const ended = TERMINAL.has(job.status) && !(sameJob && TERMINAL.has(previous.status));
   if (ended) {
@@ -488,6 +515,7 @@ function onJobUpdate(job, source) {
     }
     background(refreshMap());
     background(refreshRuns(true));
+    background(refreshHealth());
   } else if (job.run_id !== null && job.run_id !== undefined && !state.runPinned
              && state.selectedRunId !== String(job.run_id) && ACTIVE.has(job.status)) {
     state.selectedRunId = String(job.run_id);
@@ -602,8 +630,12 @@ function setupJobButtons() {
       return;
     }
     background(apiJson("/emergency-stop", { method: "POST" })
-      .then(() => showMessage("Emergency stop sent: jobs aborted, outputs off.", false))
-      .then(() => refreshJobs()));
+      .then((answer) => {
+        const jobs = (answer.aborted_jobs || []).join(", ") || "none";
+        showMessage(`Emergency stop: safe state confirmed (outputs off); jobs aborted: ${jobs}.`,
+          false);
+      })
+      .finally(() => background(refreshJobs())));
   });
 }
 
@@ -808,8 +840,14 @@ function start() {
   every(POLL_JOBS_MS, refreshJobs);
   every(POLL_RUNS_MS, () => refreshRuns(false));
   // While a job runs, its verify reads land in the log: keep the map live (from SQLite only).
+  let lastLiveMap = 0;
   every(MAP_LIVE_MS, async () => {
-    if (state.shownJob && state.shownJob.status === "running") await refreshMap();
+    if (!(state.shownJob && state.shownJob.status === "running")) return;
+    // A large array's map is megabytes of JSON: refresh it less often (~10 s at 256 × 256).
+    const cells = state.map ? state.map.rows * state.map.cols : 0;
+    if (Date.now() - lastLiveMap < Math.min(10000, cells / 6.5)) return;
+    lastLiveMap = Date.now();
+    await refreshMap();
   });
   $("refresh-map").addEventListener("click", () => background(refreshMap()));
   let resizeTimer = null;

@@ -1,0 +1,96 @@
+"""``memprog keys create|list|revoke``: the service's API keys (see :mod:`service.auth`).
+
+The keys live in the service database (``database`` in the settings, or ``--database``); a
+running service sees a new or revoked key at its next request, no restart needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from service.auth import SCOPES, KeyStore
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    keys = sub.add_parser("keys", help="create, list and revoke API keys (access control)")
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--config", default=None, help="TOML settings file (its database)")
+    where.add_argument(
+        "--database", default=None, help="SQLite file (default: the settings' database)"
+    )
+    keys_sub = keys.add_subparsers(dest="keys", required=True)
+
+    create = keys_sub.add_parser(
+        "create", parents=[where], help="create a key and print it (shown only this once)"
+    )
+    create.add_argument("--name", required=True, help="whose key it is, e.g. alice")
+    create.add_argument(
+        "--scope",
+        required=True,
+        choices=SCOPES,
+        help="read: GET endpoints, /read, progress, metrics; program: also pulse, program, "
+        "jobs; admin: everything",
+    )
+    create.set_defaults(func=_create)
+
+    listing = keys_sub.add_parser("list", parents=[where], help="list the keys (never the keys)")
+    listing.set_defaults(func=_list)
+
+    revoke = keys_sub.add_parser("revoke", parents=[where], help="revoke a key by its id")
+    revoke.add_argument("id", type=int, help="key id (memprog keys list)")
+    revoke.set_defaults(func=_revoke)
+
+
+def _store(args: argparse.Namespace) -> KeyStore:
+    if args.database is not None:
+        return KeyStore(Path(args.database))
+    from service.config import load_settings
+
+    return KeyStore(load_settings(args.config).database)
+
+
+def _create(args: argparse.Namespace) -> int:
+    store = _store(args)
+    try:
+        key_id, key = store.create(args.name, args.scope)
+    except ValueError as exc:
+        print(f"memprog keys create: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"created key {key_id} '{args.name.strip()}' with scope '{args.scope}' in {store.path}; "
+        "it is shown only now (only its hash is stored):",
+        file=sys.stderr,
+    )
+    print(key)
+    return 0
+
+
+def _when(t: float | None) -> str:
+    if t is None:
+        return "-"
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _list(args: argparse.Namespace) -> int:
+    keys = _store(args).list()
+    if not keys:
+        print("no keys (create one: memprog keys create --scope program --name NAME)")
+        return 0
+    print(f"{'id':>4}  {'name':<20} {'scope':<8} {'key starts':<12} {'created':<21} revoked")
+    for k in keys:
+        print(
+            f"{k['id']:>4}  {k['name']:<20} {k['scope']:<8} {k['hint'] + '…':<12} "
+            f"{_when(k['created']):<21} {_when(k['revoked'])}"
+        )
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    if not _store(args).revoke(args.id):
+        print(f"memprog keys revoke: no valid key with id {args.id}", file=sys.stderr)
+        return 1
+    print(f"revoked key {args.id}")
+    return 0
