@@ -17,6 +17,11 @@ the last pulse and an estimate of the device's speed latent z:
 
 With a single call per cell (one shot, ``verify: false``) this is the paper's method: one pulse
 predicted from the read conductance and the target.
+
+Across runs the service keeps each device's latent (:meth:`PredictorPlanner.recall`, the
+``device_memory`` table): a device programmed before starts from its own latent instead of the
+prior — its first pulse, and a one shot, are then aimed at this device rather than at a blind
+guess (the cycle-to-cycle walk makes an old latent an estimate, refreshed by every run).
 """
 
 from __future__ import annotations
@@ -104,6 +109,13 @@ class PredictorPlanner:
         self.pulses[idx] += 1
         self.pending[idx] = True
         return voltage, width
+
+    def recall(self, latent: np.ndarray) -> None:
+        """Start from each device's latent as learned in earlier runs (NaN: unknown, the prior
+        is used); clipped to the model's latent range."""
+        latent = np.asarray(latent, dtype=float).ravel()
+        lo, hi = self.predictor.latent_range
+        self.latent = np.where(np.isfinite(latent), np.clip(latent, lo, hi), np.nan)
 
     def observe(self, idx: np.ndarray, g: np.ndarray) -> None:
         """Update the latent of cells from what their last pulse did (``g``: read after it).

@@ -33,6 +33,7 @@ the model it started with and the service never restarts to change the model.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ class _Loaded:
     reset_range: tuple[float, float]
     latent_range: tuple[float, float]
     min_relative_update: float
+    digest: str  # SHA-256 of the model file, hex
 
 
 def _session(path: Path, threads: int) -> ort.InferenceSession:
@@ -106,6 +108,7 @@ def _load(path: Path, threads: int) -> _Loaded:
         reset_range=tuple(sorted(volts["reset_trained_range"])),
         latent_range=tuple(meta["latent"]["range"]),
         min_relative_update=float(meta["features"]["constants"]["min_relative_update"]),
+        digest=hashlib.sha256(path.read_bytes()).hexdigest(),
     )
 
 
@@ -135,12 +138,23 @@ class PulsePredictor:
         return self._m.path
 
     @property
+    def fingerprint(self) -> str:
+        """``name/version/sha256[:12]`` of the model file: what a device latent learned with
+        this model is stored under (another model's latents mean something else)."""
+        return f"{self.name}/{self.version}/{self._m.digest[:12]}"
+
+    @property
     def target_range(self) -> tuple[float, float]:
         return self._m.target_range
 
     @property
     def window(self) -> tuple[float, float]:
         return self._m.window
+
+    @property
+    def latent_range(self) -> tuple[float, float]:
+        """The device speed latents z the model was trained on."""
+        return self._m.latent_range
 
     @property
     def one_shot_latent(self) -> float:

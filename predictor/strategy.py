@@ -138,10 +138,19 @@ class PredictorStrategy(Strategy):
 
 
 class _ServicePlanner(Planner):
-    """The service's planner contract around :class:`PredictorPlanner`."""
+    """The service's planner contract around :class:`PredictorPlanner`; its device memory is
+    each device's speed latent, under the model's fingerprint."""
 
     def __init__(self, inner: PredictorPlanner):
         self.inner = inner
+        self.memory_key = f"predictor/{inner.predictor.fingerprint}"
+
+    def recall(self, values: np.ndarray) -> None:
+        self.inner.recall(values)
+
+    def remember(self, g: np.ndarray) -> np.ndarray:
+        self.inner.observe(np.arange(g.size), g)  # what each cell's last pulse did
+        return self.inner.latent.copy()
 
     def one_shot(self) -> None:
         """A run without verify: the single pulse uses the model's one-shot prior latent."""

@@ -54,6 +54,14 @@ def _bench_visa(args: argparse.Namespace) -> int:
     )
 
 
+def _bench_memory(args: argparse.Namespace) -> int:
+    from predictor.memory_bench import run_memory_benchmark
+
+    return run_memory_benchmark(rows=args.rows, cols=args.cols, seed=args.seed,
+                                rounds=args.rounds, read_noise=args.read_noise,
+                                report=args.report)
+
+
 def _train(args: argparse.Namespace) -> int:
     from predictor.cli import train_command
 
@@ -135,6 +143,17 @@ def build_parser() -> argparse.ArgumentParser:
     prog.add_argument("--no-bound", action="store_true", help="skip the blind one-shot bound")
     prog.add_argument("--no-plots", action="store_true", help="JSON only")
     prog.set_defaults(func=_bench_programming)
+
+    memory = bench_sub.add_parser(
+        "memory", help="device memory: one shot and write-and-verify with and without it"
+    )
+    memory.add_argument("--rows", type=int, default=32)
+    memory.add_argument("--cols", type=int, default=32)
+    memory.add_argument("--seed", type=int, default=7001, help="held-out crossbar seed")
+    memory.add_argument("--rounds", type=int, default=3)
+    memory.add_argument("--read-noise", type=float, default=0.0, help="relative σ of reads")
+    memory.add_argument("--report", default="reports/bench_memory.json", help="JSON report")
+    memory.set_defaults(func=_bench_memory)
 
     train = sub.add_parser("train", help="train, evaluate and export the pulse predictor")
     train.add_argument("--out", default="predictor/models/default.onnx", help="ONNX file")

@@ -136,17 +136,8 @@ class MemprogClient:
         v_read: float | None = None,
     ) -> ProgramResponse:
         """Program each (row, col, conductance in S) to within ``tolerance`` of its target."""
-        body: dict[str, object] = {
-            "targets": [_target(t) for t in targets],
-            "tolerance": tolerance,
-            "max_pulses": max_pulses,
-            "verify": verify,
-            "trace": trace,
-        }
-        if strategy is not None:
-            body["strategy"] = strategy
-        if v_read is not None:
-            body["v_read"] = v_read
+        body = _program_body(targets, tolerance, max_pulses, strategy, verify, v_read)
+        body["trace"] = trace
         return ProgramResponse.model_validate(self._post("/program", body))
 
     # --- background jobs --------------------------------------------------------------------
@@ -162,16 +153,7 @@ class MemprogClient:
         v_read: float | None = None,
     ) -> JobRecord:
         """Queue a background programming job (answered at once, status ``queued``)."""
-        body: dict[str, object] = {
-            "targets": [_target(t) for t in targets],
-            "tolerance": tolerance,
-            "max_pulses": max_pulses,
-            "verify": verify,
-        }
-        if strategy is not None:
-            body["strategy"] = strategy
-        if v_read is not None:
-            body["v_read"] = v_read
+        body = _program_body(targets, tolerance, max_pulses, strategy, verify, v_read)
         return JobRecord.model_validate(self._post("/jobs", body))
 
     def job(self, job_id: int) -> JobRecord:
@@ -254,6 +236,28 @@ def _target(target: TargetLike) -> dict[str, float]:
         return {"row": target["row"], "col": target["col"], "conductance": target["conductance"]}
     row, col, conductance = target
     return {"row": int(row), "col": int(col), "conductance": float(conductance)}
+
+
+def _program_body(
+    targets: Iterable[TargetLike],
+    tolerance: float,
+    max_pulses: int,
+    strategy: str | None,
+    verify: bool,
+    v_read: float | None,
+) -> dict[str, object]:
+    """The fields POST /program and POST /jobs share; None means the service's default."""
+    body: dict[str, object] = {
+        "targets": [_target(t) for t in targets],
+        "tolerance": tolerance,
+        "max_pulses": max_pulses,
+        "verify": verify,
+    }
+    if strategy is not None:
+        body["strategy"] = strategy
+    if v_read is not None:
+        body["v_read"] = v_read
+    return body
 
 
 def _raise_for(response: httpx.Response) -> None:

@@ -171,9 +171,13 @@ class Target(_Model):
     conductance: float = Field(gt=0, description="Target conductance at v_read, S.")
 
 
-class ProgramRequest(_Model):
+class ProgrammingFields(_Model):
+    """The fields POST /program and POST /jobs share."""
+
     targets: list[Target] = Field(
-        min_length=1, description="Cells and their target conductances, each cell at most once."
+        min_length=1,
+        description="Cells and their target conductances (S), each cell at most once; up to "
+        "the whole array.",
     )
     tolerance: float = Field(
         0.02,
@@ -191,8 +195,13 @@ class ProgramRequest(_Model):
         description="true: write and verify until converged or out of budget. false: one shot — "
         "read each cell once, fire exactly one pulse per cell, no verify (final is null).",
     )
-    trace: bool = Field(False, description="Return every pulse of every cell with its result.")
     v_read: float | None = Field(None, description="Read voltage, V (default: the service's).")
+
+
+class ProgramRequest(ProgrammingFields):
+    """Program cells to target conductances: write and verify, or one shot."""
+
+    trace: bool = Field(False, description="Return every pulse of every cell with its result.")
 
 
 class TraceStep(BaseModel):
@@ -267,32 +276,9 @@ JOB_TERMINAL: frozenset[str] = frozenset({"completed", "failed", "aborted", "int
 """The statuses a job ends in."""
 
 
-class JobRequest(_Model):
+class JobRequest(ProgrammingFields):
     """A background programming job: the same fields as ``POST /program`` (without ``trace``:
     a job's pulses are in ``GET /runs/{run_id}?trace=true`` and the export)."""
-
-    targets: list[Target] = Field(
-        min_length=1,
-        description="Cells and their target conductances (S), each cell at most once; up to "
-        "the whole array.",
-    )
-    tolerance: float = Field(
-        0.02,
-        gt=0,
-        lt=1,
-        description="Convergence band relative to the target: |G − target| ≤ tolerance·target.",
-    )
-    max_pulses: int = Field(20, ge=1, description="Pulse budget per cell.")
-    strategy: str | None = Field(
-        None,
-        description="Programming strategy (see GET /array: strategies); null for the default.",
-    )
-    verify: bool = Field(
-        True,
-        description="true: write and verify until converged or out of budget. false: one shot "
-        "(one read, exactly one pulse per cell).",
-    )
-    v_read: float | None = Field(None, description="Read voltage, V (default: the service's).")
 
 
 class JobRecord(BaseModel):

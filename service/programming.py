@@ -50,6 +50,20 @@ class Planner(ABC):
         """Called before the single ``choose`` of a run without verify (no feedback will come);
         a planner may then choose differently (the predictor uses its one-shot prior)."""
 
+    # Device memory: what a planner learns about each device, kept per cell in the database
+    # across runs (the predictor: the device's speed latent), so that the next run on the cell
+    # starts from it instead of from a blind guess.
+    memory_key: str | None = None
+    """What the remembered values are (e.g. the model that inferred them); None: nothing."""
+
+    def recall(self, values: np.ndarray) -> None:  # noqa: B027 - optional hook
+        """Before the first ``choose``: the values remembered for the run's cells (NaN: none)."""
+
+    def remember(self, g: np.ndarray) -> np.ndarray | None:
+        """After the last verify read ``g`` (S, every cell of the run): the values to keep per
+        cell (NaN: nothing learned), or None to keep nothing."""
+        return None
+
 
 class Strategy(ABC):
     """A way of choosing programming pulses. Instances are immutable, tuned configurations."""
@@ -346,6 +360,8 @@ def program_cells(
     )
     last_progress: Progress | None = None
     try:
+        if planner.memory_key is not None:
+            planner.recall(storage.device_memory(planner.memory_key, job.rows, job.cols))
         first = backend.read(job.rows, job.cols, job.v_read)
         storage.record_read(first, run_id)
         start = np.asarray(first.conductance, dtype=float)
@@ -409,6 +425,12 @@ def program_cells(
                 if job.trace:
                     steps.append((idx, voltage, width, g[idx].copy()))
             final = g
+            if planner.memory_key is not None:
+                learned = planner.remember(g)
+                if learned is not None:
+                    storage.save_device_memory(
+                        planner.memory_key, job.rows, job.cols, learned, run_id
+                    )
 
         storage.finish_run(
             run_id,

@@ -76,6 +76,15 @@ CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value REAL
 );
+CREATE TABLE IF NOT EXISTS device_memory (  -- what a strategy learned per device, across runs
+    key TEXT NOT NULL,                -- what it is, e.g. predictor/<model>/<version>/<sha256>
+    row INTEGER NOT NULL,
+    col INTEGER NOT NULL,
+    value REAL NOT NULL,              -- e.g. the device's speed latent z (dimensionless)
+    updated REAL NOT NULL,            -- Unix time, s
+    run_id INTEGER REFERENCES runs(id),
+    PRIMARY KEY (key, row, col)
+);
 CREATE TABLE IF NOT EXISTS jobs (     -- background programming jobs (service/jobs.py)
     id INTEGER PRIMARY KEY,
     created REAL NOT NULL,            -- Unix time, s
@@ -333,6 +342,49 @@ class Storage:
                 ),
             )
 
+    def device_memory(self, key: str, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """The values remembered under ``key`` for the cells (rows[i], cols[i]); NaN where none."""
+        rows = np.asarray(rows, dtype=np.int64).ravel()
+        cols = np.asarray(cols, dtype=np.int64).ravel()
+        with self._lock:
+            found = self._conn.execute(
+                "SELECT row, col, value FROM device_memory WHERE key = ?", (key,)
+            ).fetchall()
+        out = np.full(rows.size, np.nan)
+        if not found or rows.size == 0:
+            return out
+        table = np.asarray(found, dtype=float)
+        width = int(max(table[:, 1].max(), cols.max())) + 1
+        known = table[:, 0].astype(np.int64) * width + table[:, 1].astype(np.int64)
+        order = np.argsort(known)
+        known, values = known[order], table[order, 2]
+        wanted = rows * width + cols
+        at = np.minimum(np.searchsorted(known, wanted), known.size - 1)
+        hit = known[at] == wanted
+        out[hit] = values[at[hit]]
+        return out
+
+    def save_device_memory(
+        self, key: str, rows: np.ndarray, cols: np.ndarray, values: np.ndarray, run_id: int | None
+    ) -> None:
+        """Remember ``values`` under ``key`` for the cells (the finite ones; NaN keeps the old)."""
+        values = np.asarray(values, dtype=float).ravel()
+        keep = np.isfinite(values)
+        now = time.time()
+        with self._lock:
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO device_memory (key, row, col, value, updated, run_id) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                zip(
+                    repeat(key),
+                    np.asarray(rows, dtype=np.int64).ravel()[keep].tolist(),
+                    np.asarray(cols, dtype=np.int64).ravel()[keep].tolist(),
+                    values[keep].tolist(),
+                    repeat(now),
+                    repeat(run_id),
+                ),
+            )
+
     def fail_run(self, run_id: int, error: str) -> int:
         """Mark the run failed; its pulses, as recorded (those of a broken-off batch too)."""
         with self._lock:
@@ -444,6 +496,9 @@ class Storage:
 
     def iter_operations(self, run_id: int | None = None, batch: int = 5000) -> Iterator[tuple]:
         """Every operation in execution order, as tuples in :data:`OPERATION_COLUMNS` order."""
+        return self._iter_operations(run_id, "id", batch)
+
+    def _iter_operations(self, run_id: int | None, order: str, batch: int) -> Iterator[tuple]:
         conn = _connect(self.path, readonly=True)
         try:
             sql = f"SELECT {', '.join(OPERATION_COLUMNS)} FROM operations"
@@ -451,7 +506,7 @@ class Storage:
             if run_id is not None:
                 sql += " WHERE run_id = ?"
                 args = (run_id,)
-            cur = conn.execute(sql + " ORDER BY id", args)
+            cur = conn.execute(f"{sql} ORDER BY {order}", args)
             while rows := cur.fetchmany(batch):
                 yield from rows
         finally:
@@ -492,18 +547,7 @@ class Storage:
     ) -> Iterator[tuple]:
         """Every operation (or a run's), grouped by cell — ordered by row, col, then execution
         order — as tuples in :data:`OPERATION_COLUMNS` order (the per-cell HDF5 export)."""
-        conn = _connect(self.path, readonly=True)
-        try:
-            sql = f"SELECT {', '.join(OPERATION_COLUMNS)} FROM operations"
-            args: tuple = ()
-            if run_id is not None:
-                sql += " WHERE run_id = ?"
-                args = (run_id,)
-            cur = conn.execute(sql + " ORDER BY row, col, id", args)
-            while rows := cur.fetchmany(batch):
-                yield from rows
-        finally:
-            conn.close()
+        return self._iter_operations(run_id, "row, col, id", batch)
 
     def list_all_runs(self) -> list[dict]:
         """Every run, oldest first (without per-cell results)."""
