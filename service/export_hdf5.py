@@ -7,19 +7,24 @@ Layout (G: group, D: dataset; SI units, each dataset saying its own)::
      │                                    (and ArC TWO's words, bits), run_id (-1: all
      │                                    runs), operations, sign_convention
      ├── [G] crosspoints
+     │    │                       attrs: fields, units, descriptions (of every timeseries,
+     │    │                       once: per-dataset copies cost ~40 % of a large export)
      │    └── [G] W{row:02d}B{col:02d}  attrs: row, col
      │         └── [D] timeseries     every pulse and read of the cell in execution order;
      │                                compound rows, chunked, maxshape (None,): appendable,
-     │                                attrs NROWS (rows in use), fields, units, descriptions
+     │                                attr NROWS (rows in use)
      ├── [G] crossbar                 the whole array, last value per cell (NaN: never read)
      │    ├── [D] conductance         (rows, cols), S
      │    ├── [D] current             (rows, cols), A
      │    ├── [D] v_read              (rows, cols), V
      │    └── [D] read_at             (rows, cols), Unix time, s
+     ├── [D] notes                    op_id, row, col, note: the operations that carry a note
+     │                                (e.g. "uncertain: ..." for a pulse a failing bench may
+     │                                have fired); most carry none
      └── [D] runs                     the programming runs (compound table)
 
-Fields of ``timeseries`` (the ``fields``/``units`` attributes list them; NaN marks a value
-that does not apply to the operation type, e.g. ``width`` of a read):
+Fields of ``timeseries`` (``/crosspoints``' ``fields``/``units`` attributes list them; NaN
+marks a value that does not apply to the operation type, e.g. ``width`` of a read):
 
 ==============  =======  =================================================================
 field           unit     meaning
@@ -35,12 +40,13 @@ current         A        read current (NaN for pulses)
 compliance      —        1 if the read's current compliance tripped, 0 if not, -1 for pulses
 run_id          —        the programming run it belongs to, -1 outside any run
 backend         —        HDF5 enum: simulated = 0, hardware = 1
-note            —        text, e.g. "uncertain: ..." for a pulse a failing bench may have
-                         fired; empty if none
 ==============  =======  =================================================================
 
 The file is written to a real (seekable) file — HDF5 cannot be produced as a byte stream — one
-cell at a time from SQLite ordered by cell, so memory stays bounded by one cell's history.
+cell at a time from SQLite ordered by cell, so memory stays bounded by one cell's history. The
+time series hold fixed-size fields only (the rare notes are in ``/notes``): a variable-length
+field would give every cell's dataset its own global-heap collection (≥ 4 KiB each), which made
+a 256×256 export hundreds of MB and minutes long.
 """
 
 from __future__ import annotations
@@ -76,9 +82,12 @@ TIMESERIES_FIELDS: tuple[tuple[str, object, str, str], ...] = (
     ("compliance", "i1", "", "1 compliance tripped, 0 not, -1 for pulses"),
     ("run_id", "<i8", "", "programming run, -1 outside any run"),
     ("backend", BACKEND, "", "simulated = 0, hardware = 1"),
-    ("note", h5py.string_dtype(), "", "e.g. 'uncertain: ...'; empty if none"),
 )
 TIMESERIES_DTYPE = np.dtype([(name, dtype) for name, dtype, _, _ in TIMESERIES_FIELDS])
+_FIELD_NAMES = np.array([name for name, _, _, _ in TIMESERIES_FIELDS], dtype=object)
+_FIELD_UNITS = np.array([unit for _, _, unit, _ in TIMESERIES_FIELDS], dtype=object)
+NOTES_DTYPE = np.dtype([("op_id", "<i8"), ("row", "<i8"), ("col", "<i8"),
+                        ("note", h5py.string_dtype())])
 
 RUN_FIELDS: tuple[tuple[str, object, str], ...] = (
     ("id", "<i8", ""),
@@ -127,59 +136,89 @@ _NOTE = _COL.get("note")
 
 
 def _timeseries_rows(ops: list[tuple]) -> np.ndarray:
-    """Operation tuples (OPERATION_COLUMNS order) as timeseries records."""
+    """Operation tuples (OPERATION_COLUMNS order) as timeseries records (vectorised)."""
+    cols = list(zip(*ops, strict=True))
+
+    def floats(i: int) -> np.ndarray:
+        return np.array([np.nan if v is None else v for v in cols[i]], dtype=float)
+
+    is_read = np.array([k == "read" for k in cols[_KIND]])
+    voltage = floats(_VOLTAGE)
     out = np.empty(len(ops), dtype=TIMESERIES_DTYPE)
-    nan = float("nan")
-    for i, op in enumerate(ops):
-        is_read = op[_KIND] == "read"
-        width, g, current = op[_WIDTH], op[_G], op[_CURRENT]
-        compliance, run_id = op[_COMPLIANCE], op[_RUN]
-        note = op[_NOTE] if _NOTE is not None else None
-        out[i] = (
-            op[_ID],
-            op[_TIME],
-            1 if is_read else 2,
-            nan if is_read else op[_VOLTAGE],
-            nan if width is None else width,
-            op[_VOLTAGE] if is_read else nan,
-            nan if g is None else g,
-            nan if current is None else current,
-            -1 if compliance is None else int(compliance),
-            -1 if run_id is None else run_id,
-            _BACKEND_CODE.get(op[_BACKEND], 0),
-            "" if note is None else str(note),
-        )
+    out["op_id"] = cols[_ID]
+    out["time"] = cols[_TIME]
+    out["op_type"] = np.where(is_read, 1, 2)
+    out["voltage"] = np.where(is_read, np.nan, voltage)
+    out["width"] = floats(_WIDTH)
+    out["v_read"] = np.where(is_read, voltage, np.nan)
+    out["conductance"] = floats(_G)
+    out["current"] = floats(_CURRENT)
+    out["compliance"] = [-1 if v is None else int(v) for v in cols[_COMPLIANCE]]
+    out["run_id"] = [-1 if v is None else v for v in cols[_RUN]]
+    out["backend"] = [_BACKEND_CODE.get(v, 0) for v in cols[_BACKEND]]
     return out
 
 
 class _CellWriter:
-    """Appends one cell's operations to its ``timeseries`` dataset, in batches."""
+    """Writes one cell's operations to its ``timeseries`` dataset (appending past the first
+    batch of a cell with a very long history).
 
-    def __init__(self, root: h5py.Group, row: int, col: int):
-        self.group = root.create_group(cell_group_name(row, col))
-        self.group.attrs["row"] = row
-        self.group.attrs["col"] = col
+    Through h5py's low-level API with the type, creation properties and attribute space made
+    once per file: a whole-array export creates tens of thousands of these, and the high-level
+    calls cost about twice as much per cell.
+    """
+
+    def __init__(self, root: h5py.Group, ctx: _Lowlevel, row: int, col: int):
+        gid = h5py.h5g.create(root.id, cell_group_name(row, col).encode())
+        ctx.scalar_attr(gid, b"row", row)
+        ctx.scalar_attr(gid, b"col", col)
+        self.ctx = ctx
+        self.gid = gid
         self.dataset: h5py.Dataset | None = None
         self.rows = 0
 
     def append(self, records: np.ndarray) -> None:
         if self.dataset is None:
-            chunk = int(np.clip(len(records), 64, 16384))
-            self.dataset = self.group.create_dataset(
-                "timeseries", shape=(0,), maxshape=(None,), chunks=(chunk,),
-                dtype=TIMESERIES_DTYPE,
-            )
-            attrs = self.dataset.attrs
-            attrs["fields"] = [name for name, _, _, _ in TIMESERIES_FIELDS]
-            attrs["units"] = [unit for _, _, unit, _ in TIMESERIES_FIELDS]
-            attrs["descriptions"] = [text for _, _, _, text in TIMESERIES_FIELDS]
-            attrs["CLASS"] = "TABLE"
-            attrs["TITLE"] = self.group.name.rsplit("/", 1)[-1]
+            space = h5py.h5s.create_simple((len(records),), (h5py.h5s.UNLIMITED,))
+            # One chunk holds the first batch exactly: no padding for the many short histories.
+            did = h5py.h5d.create(self.gid, b"timeseries", self.ctx.tid, space,
+                                  dcpl=self.ctx.chunked(len(records)))
+            did.write(h5py.h5s.ALL, h5py.h5s.ALL, records)
+            self.dataset = h5py.Dataset(did)
+            self.rows = len(records)
+            self.ctx.scalar_attr(did, b"NROWS", self.rows)
+            return
         start = self.rows
         self.rows += len(records)
         self.dataset.resize((self.rows,))
         self.dataset[start:self.rows] = records
         self.dataset.attrs["NROWS"] = self.rows
+
+
+class _Lowlevel:
+    """What every cell's objects share: the record type and a scalar space for integer
+    attributes."""
+
+    def __init__(self) -> None:
+        self.tid = h5py.h5t.py_create(TIMESERIES_DTYPE, logical=True)
+        self.scalar = h5py.h5s.create(h5py.h5s.SCALAR)
+
+        self._dcpl: dict[int, h5py.h5p.PropDCID] = {}
+
+    def chunked(self, rows: int) -> h5py.h5p.PropDCID:
+        """Creation properties with chunks of ``rows`` records (made once per size)."""
+        rows = max(rows, 1)
+        if rows not in self._dcpl:
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            dcpl.set_chunk((rows,))
+            self._dcpl[rows] = dcpl
+        return self._dcpl[rows]
+
+    def scalar_attr(self, obj, name: bytes, value: int) -> None:
+        if h5py.h5a.exists(obj, name):
+            h5py.h5a.delete(obj, name)
+        aid = h5py.h5a.create(obj, name, h5py.h5t.STD_I64LE, self.scalar)
+        aid.write(np.array(value, dtype="<i8"))
 
 
 def write_hdf5(
@@ -197,7 +236,7 @@ def write_hdf5(
     beyond it); ``backend`` (simulated | hardware) is what the service drives now.
     """
     created = time.time()
-    with h5py.File(path, "w") as h5:
+    with h5py.File(path, "w", libver=("v110", "latest")) as h5:
         attrs = h5.attrs
         attrs["format"] = FORMAT
         attrs["format_version"] = FORMAT_VERSION
@@ -210,9 +249,18 @@ def write_hdf5(
         attrs["sign_convention"] = "SET (conductance rises) at negative voltage, RESET at positive"
         attrs["units"] = "SI: V, s, S, A; times are Unix time in s"
         crosspoints = h5.create_group("crosspoints")
+        crosspoints.attrs["fields"] = _FIELD_NAMES
+        crosspoints.attrs["units"] = _FIELD_UNITS
+        crosspoints.attrs["descriptions"] = [text for _, _, _, text in TIMESERIES_FIELDS]
 
         last: dict[str, dict[tuple[int, int], float]] = {k: {} for k in CROSSBAR_UNITS}
-        n_ops = _write_cells(storage.iter_operations_by_cell(run_id), crosspoints, last)
+        notes: list[tuple] = []
+        n_ops = _write_cells(storage.iter_operations_by_cell(run_id), crosspoints, last, notes)
+        notes_table = h5.create_dataset("notes", data=np.array(notes, dtype=NOTES_DTYPE))
+        notes_table.attrs["description"] = (
+            "operations that carry a note, e.g. 'uncertain: ...' for a pulse a failing bench "
+            "may have fired; op_id as in the cells' timeseries"
+        )
 
         cells = last["conductance"].keys()
         rows = max([rows, *(r + 1 for r, _ in cells)])
@@ -242,11 +290,13 @@ def _write_cells(
     ops: Iterable[tuple],
     crosspoints: h5py.Group,
     last: dict[str, dict[tuple[int, int], float]],
+    notes: list[tuple],
 ) -> int:
     n_ops = 0
     cell: tuple[int, int] | None = None
     writer: _CellWriter | None = None
     pending: list[tuple] = []
+    ctx = _Lowlevel()
 
     def flush() -> None:
         if pending and writer is not None:
@@ -258,9 +308,11 @@ def _write_cells(
         if here != cell:
             flush()
             cell = here
-            writer = _CellWriter(crosspoints, *here)
+            writer = _CellWriter(crosspoints, ctx, *here)
         pending.append(op)
         n_ops += 1
+        if _NOTE is not None and op[_NOTE]:
+            notes.append((op[_ID], here[0], here[1], str(op[_NOTE])))
         if op[_KIND] == "read":
             last["conductance"][here] = op[_G]
             last["current"][here] = op[_CURRENT]

@@ -114,12 +114,14 @@ def test_hdf5_export_round_trip(api, sim_settings):
         assert attrs["operations"] == len(ops)
         check_cell_series(h5, ops)
 
-        # units, as attributes, on every time series and every map
+        # units, as attributes: of the time series once on /crosspoints, on every map
         series = h5["crosspoints"][cell_group_name(0, 0)]["timeseries"]
-        units = dict(zip(series.attrs["fields"], series.attrs["units"], strict=True))
+        fields = h5["crosspoints"].attrs["fields"]
+        units = dict(zip(fields, h5["crosspoints"].attrs["units"], strict=True))
         assert units["time"] == "s" and units["voltage"] == "V" and units["width"] == "s"
         assert units["conductance"] == "S" and units["current"] == "A" and units["v_read"] == "V"
-        assert list(series.attrs["fields"]) == list(series.dtype.names)
+        assert list(fields) == list(series.dtype.names)
+        assert len(h5["crosspoints"].attrs["descriptions"]) == len(fields)
         assert h5py.check_enum_dtype(series.dtype["op_type"]) == {"read": 1, "pulse": 2}
         crossbar = h5["crossbar"]
         assert {name: crossbar[name].attrs["units"] for name in crossbar} == {
@@ -216,3 +218,35 @@ def test_dashboard_files_are_served_by_the_service(api, path):
         for element in ("backend-banner", "heatmap", "job-progress", "pulse-histogram"):
             assert f'id="{element}"' in response.text
         assert "http://" not in response.text and "https://" not in response.text  # no CDN
+
+
+def test_notes_and_long_histories_are_exported(tmp_path, monkeypatch):
+    """A pulse's note (an uncertain pulse of a failing bench) goes to /notes; a cell whose
+    history exceeds one write batch is appended to, in order, with NROWS kept."""
+    from service import export_hdf5
+    from service.storage import Storage
+
+    storage = Storage(tmp_path / "notes.db", backend_kind="hardware")
+    one = np.array([1])
+    storage.record_pulse(one, one, np.array([-0.5]), np.array([1e-6]))
+    storage.record_pulse(np.array([2]), np.array([3]), np.array([0.9]), np.array([1e-7]),
+                         note="uncertain: no reply to the trigger")
+    n = 7
+    for k in range(n):
+        storage.record_pulse(one * 0, one * 0, np.array([-0.4]), np.array([1e-6 * (k + 1)]))
+    storage.commit()
+    monkeypatch.setattr(export_hdf5, "_FLUSH_ROWS", 3)  # W00B00's 7 pulses: 3 + 3 + 1
+    ops = export_hdf5.write_hdf5(storage, tmp_path / "x.h5", rows=4, cols=4, backend="hardware")
+    assert ops == n + 2
+    with h5py.File(tmp_path / "x.h5") as h5:
+        notes = h5["notes"][:]
+        assert len(notes) == 1
+        assert (notes[0]["row"], notes[0]["col"]) == (2, 3)
+        assert notes[0]["note"].decode() == "uncertain: no reply to the trigger"
+        assert notes[0]["op_id"] == h5["crosspoints/W02B03/timeseries"][0]["op_id"]
+        long = h5["crosspoints/W00B00/timeseries"]
+        assert long.shape == (n,) and long.attrs["NROWS"] == n and long.maxshape == (None,)
+        np.testing.assert_allclose(long[:]["width"], 1e-6 * np.arange(1, n + 1))
+        assert list(long[:]["op_id"]) == sorted(long[:]["op_id"])
+        assert h5["crosspoints/W02B03/timeseries"][0]["backend"] == 1  # hardware
+    storage.close()
