@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from service.launch import ServerProcess, memprog_command
+from tests.servers import sim_server_env
 
 pytestmark = pytest.mark.slow
 
@@ -103,15 +104,7 @@ def browser():
 
 
 def server_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    return {
-        "MEMPROG_BACKEND": "sim",
-        "MEMPROG_SIM__ROWS": str(ROWS),
-        "MEMPROG_SIM__COLS": str(COLS),
-        "MEMPROG_SIM__SEED": "11",
-        "MEMPROG_SIM__VARIABILITY": "realistic",
-        "MEMPROG_DATABASE": str(tmp_path / "memprog.db"),
-        **extra,
-    }
+    return sim_server_env(tmp_path / "memprog.db", rows=ROWS, cols=COLS, seed=11, **extra)
 
 
 def slow_job(cells: list[tuple[int, int]]) -> dict:

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from service.launch import ServerProcess
+from tests.servers import sim_server_env
 
 API = "/api/v1"
 TERMINAL = {"completed", "failed", "aborted", "interrupted"}
@@ -164,16 +165,8 @@ ROWS = COLS = 32
 
 
 def server_env(tmp_path, **extra: str) -> dict[str, str]:
-    return {
-        "MEMPROG_BACKEND": "sim",
-        "MEMPROG_SIM__ROWS": str(ROWS),
-        "MEMPROG_SIM__COLS": str(COLS),
-        "MEMPROG_SIM__SEED": "11",
-        "MEMPROG_SIM__VARIABILITY": "realistic",
-        "MEMPROG_SIM__STATE_FILE": str(tmp_path / "array.npz"),
-        "MEMPROG_DATABASE": str(tmp_path / "jobs.db"),
-        **extra,
-    }
+    return sim_server_env(tmp_path / "jobs.db", rows=ROWS, cols=COLS, seed=11,
+                          MEMPROG_SIM__STATE_FILE=str(tmp_path / "array.npz"), **extra)
 
 
 def sse_records(response: httpx.Response) -> Iterator[dict]:

@@ -15,6 +15,7 @@ import pytest
 
 from service.client import MemprogClient, MemprogError
 from service.launch import ServerProcess
+from tests.servers import sim_server_env
 
 pytestmark = pytest.mark.slow
 
@@ -22,15 +23,7 @@ ROWS = COLS = 16
 
 
 def server_env(tmp_path, **extra: str) -> dict[str, str]:
-    return {
-        "MEMPROG_BACKEND": "sim",
-        "MEMPROG_SIM__ROWS": str(ROWS),
-        "MEMPROG_SIM__COLS": str(COLS),
-        "MEMPROG_SIM__SEED": "5",
-        "MEMPROG_SIM__VARIABILITY": "realistic",
-        "MEMPROG_DATABASE": str(tmp_path / "memprog.db"),
-        **extra,
-    }
+    return sim_server_env(tmp_path / "memprog.db", rows=ROWS, cols=COLS, seed=5, **extra)
 
 
 def exported(lab: MemprogClient) -> list[dict[str, str]]:

@@ -1,0 +1,19 @@
+"""Environment for a ``memprog serve`` subprocess on a realistic simulated array (the tests that
+run the service under uvicorn share it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def sim_server_env(database: Path, *, rows: int, cols: int, seed: int, **extra: str
+                   ) -> dict[str, str]:
+    return {
+        "MEMPROG_BACKEND": "sim",
+        "MEMPROG_SIM__ROWS": str(rows),
+        "MEMPROG_SIM__COLS": str(cols),
+        "MEMPROG_SIM__SEED": str(seed),
+        "MEMPROG_SIM__VARIABILITY": "realistic",
+        "MEMPROG_DATABASE": str(database),
+        **extra,
+    }
