@@ -141,7 +141,11 @@ class PredictorPlanner:
         lower = np.fmax(z, np.where(np.isfinite(old), old + step, z))
         # Upper bound (ran into the window end): at least this fast.
         upper = np.fmin(z, np.where(np.isfinite(old), old - step, z))
-        self.latent[cells] = np.where(kind == 0, z, np.where(kind == 1, lower, upper))
+        # Within the trained range: a bound pushed past it (a device that never moves, e.g.
+        # one stuck or read at the wrong voltage) would otherwise grow without end and be
+        # remembered for the cell's next run.
+        self.latent[cells] = np.clip(np.where(kind == 0, z, np.where(kind == 1, lower, upper)),
+                                     *self.predictor.latent_range)
 
 
 def _check_targets(predictor: PulsePredictor, target: np.ndarray) -> None:

@@ -152,6 +152,18 @@ class PulsePredictor:
         return self._m.window
 
     @property
+    def v_read(self) -> float:
+        """The read voltage of the conductances the model was trained on, V."""
+        return float(self._m.metadata["conductance_range"].get("v_read", 0.2))
+
+    def allowed_voltages(self, v_set_max: float, v_reset_max: float) -> tuple[np.ndarray,
+                                                                               np.ndarray]:
+        """The model's SET and RESET amplitudes (V) that the limits allow (|V| ≤ the maximum)."""
+        m = self._m
+        return (m.set_voltages[np.abs(m.set_voltages) <= v_set_max + 1e-12],
+                m.reset_voltages[m.reset_voltages <= v_reset_max + 1e-12])
+
+    @property
     def latent_range(self) -> tuple[float, float]:
         """The device speed latents z the model was trained on."""
         return self._m.latent_range
@@ -200,7 +212,11 @@ class PulsePredictor:
         ``check``: True — targets must lie in the trained target range; ``"window"`` — within
         the device window; False — no range check on targets (the caller guarantees it).
         """
-        m = self._m  # one snapshot for the whole call (reload-safe)
+        return self._predict(self._m, g_start, g_target, voltage, latent, check)
+
+    def _predict(self, m: _Loaded, g_start, g_target, voltage, latent, check) -> np.ndarray:
+        """:meth:`predict_log10_width` on the model snapshot ``m`` (one snapshot per public
+        call: a reload in between never mixes two models)."""
         g_s, g_t, v, z = (np.asarray(a, dtype=float) for a in
                           np.broadcast_arrays(g_start, g_target, voltage, latent))
         shape = g_s.shape
@@ -308,9 +324,9 @@ class PulsePredictor:
             if idx.size == 0:
                 continue
             k = cands.size  # candidates ordered by increasing |V|
-            log_w = self.predict_log10_width(
-                np.repeat(g_start[idx], k), np.repeat(g_target[idx], k),
-                np.tile(cands, idx.size), np.repeat(latent[idx], k), check=check,
+            log_w = self._predict(
+                m, np.repeat(g_start[idx], k), np.repeat(g_target[idx], k),
+                np.tile(cands, idx.size), np.repeat(latent[idx], k), check,
             ).reshape(idx.size, k)
             ok = log_w >= floor
             # Largest |V| with an acceptable width; if none, the gentlest amplitude.

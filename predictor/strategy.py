@@ -22,6 +22,7 @@ from drivers.base import Limits
 from predictor.control import PolicyConfig, PredictorPlanner
 from predictor.runtime import DEFAULT_MODEL, PulsePredictor
 from service.programming import Planner, Strategy, register_strategy, set_default_strategy
+from service.validation import RequestProblem
 
 FALLBACK_STRATEGY = "ispp"
 
@@ -120,6 +121,42 @@ class PredictorStrategy(Strategy):
     aim_fraction: float = 1.0
     width_floor: float = 2e-9
     first_latent: float = -1.0
+
+    def validate(self, target: np.ndarray, limits: Limits, v_read: float) -> None:
+        """422 before anything is queued: a target outside the model's trained range, a read
+        voltage other than the model's (its conductances are at that voltage), or limits that
+        leave the model no amplitude of a polarity."""
+        p = current()
+        if abs(v_read - p.v_read) > 1e-9:
+            raise RequestProblem(
+                ["v_read"],
+                f"the predictor works on conductances read at {p.v_read} V; got {v_read} V "
+                "(use another strategy to program at another read voltage)",
+                "value_error",
+            )
+        lo, hi = p.target_range
+        bad = (target < lo) | (target > hi)
+        if np.any(bad):
+            i = int(np.argmax(bad))
+            raise RequestProblem(
+                ["targets", i, "conductance"],
+                f"predictor: {target[i]:.4g} S is outside the predictor's trained range "
+                f"[{lo:.4g}, {hi:.4g}] S",
+                "limit",
+                limit=hi if target[i] > hi else lo,
+            )
+        set_v, reset_v = p.allowed_voltages(limits.v_set_max, limits.v_reset_max)
+        for allowed, field, name, limit in ((set_v, "v_set_max", "SET", limits.v_set_max),
+                                            (reset_v, "v_reset_max", "RESET",
+                                             limits.v_reset_max)):
+            if allowed.size == 0:
+                raise RequestProblem(
+                    ["strategy"],
+                    f"the service's limit {field} = {limit} V allows none of the predictor's "
+                    f"{name} amplitudes {p.voltages(name.lower()).tolist()} V",
+                    "limit",
+                    limit=limit,
+                )
 
     def begin(self, target: np.ndarray, limits: Limits) -> Planner:
         config = PolicyConfig(first_latent=self.first_latent, aim_fraction=self.aim_fraction,

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from drivers.base import Backend, BackendError, BackendUnavailable, LimitError
@@ -19,6 +22,7 @@ from service.config import Settings, load_settings
 from service.jobs import JobManager
 from service.metrics import LatencyMiddleware, MeteredStorage, Metrics
 from service.owner import BackendOwner, EmergencyStopped
+from service.programming import StrategyFailure
 from service.routers import (
     array,
     array_map,
@@ -111,6 +115,19 @@ def create_app(
     app.include_router(metrics_module.router)
     dashboard.install(app)  # the page at / and its files at /static
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler, except that a NaN or infinity in the echoed input (Python's
+        # JSON parser accepts them) is given back as text: JSON cannot carry it (was a 500).
+        return JSONResponse(status_code=422,
+                            content={"detail": _finite(jsonable_encoder(exc.errors()))})
+
+    @app.exception_handler(StrategyFailure)
+    async def _strategy_failed(request: Request, exc: StrategyFailure) -> JSONResponse:
+        return JSONResponse(status_code=500, content={
+            "detail": f"{exc}; the run is recorded as failed with every operation it made "
+                      "(GET /api/v1/runs)"})
+
     @app.exception_handler(OutOfRangeError)
     async def _out_of_range(request: Request, exc: OutOfRangeError) -> JSONResponse:
         # The predictor refuses targets outside the range it was trained on (no extrapolation).
@@ -139,3 +156,14 @@ def create_app(
         return JSONResponse(status_code=502, content={"detail": f"backend error: {exc}"})
 
     return app
+
+
+def _finite(value: object) -> object:
+    """``value`` with every non-finite float replaced by its text ("nan", "inf")."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value

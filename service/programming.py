@@ -75,6 +75,13 @@ class Strategy(ABC):
     def begin(self, target: np.ndarray, limits: Limits) -> Planner:
         """A planner for a run towards ``target`` (S, one entry per cell) within ``limits``."""
 
+    def validate(  # noqa: B027 - optional hook, accepts everything by default
+        self, target: np.ndarray, limits: Limits, v_read: float
+    ) -> None:
+        """Refuse a request this strategy cannot carry out, before anything is queued or fired:
+        raise :class:`service.validation.RequestProblem` naming the field. A run that starts
+        must not fail on its request half-way (its pulses would be fired already)."""
+
 
 _STRATEGIES: dict[str, Callable[[], Strategy]] = {}
 _DEFAULT: list[str] = []
@@ -386,7 +393,7 @@ def program_cells(
                 aborted = True
             else:
                 planner.one_shot()
-                voltage, width = _checked(planner.choose(idx, g), job.limits, n)
+                voltage, width = _chosen(planner, idx, g, job.limits)
                 pulse_and_record(backend, storage, job.rows, job.cols, voltage, width, run_id)
                 pulses[:] = 1
                 progress(1, n, 0)
@@ -407,7 +414,7 @@ def program_cells(
                     aborted = True
                     break
                 rows, cols = job.rows[idx], job.cols[idx]
-                voltage, width = _checked(planner.choose(idx, g[idx]), job.limits, idx.size)
+                voltage, width = _chosen(planner, idx, g[idx], job.limits)
                 pulse_and_record(backend, storage, rows, cols, voltage, width, run_id)
                 pulses[idx] += 1
                 after = backend.read(rows, cols, job.v_read)
@@ -465,17 +472,29 @@ def program_cells(
     )
 
 
-def _checked(
-    chosen: tuple[np.ndarray, np.ndarray], limits: Limits, n: int
+class StrategyFailure(RuntimeError):
+    """A strategy failed in the middle of a run (a bug, not bad input: requests are checked by
+    :meth:`Strategy.validate` before the run). The run is recorded ``failed`` with every
+    operation it made."""
+
+
+def _chosen(
+    planner: Planner, idx: np.ndarray, g: np.ndarray, limits: Limits
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A strategy's pulses, verified against the limits before anything is fired."""
+    """The planner's pulses for the cells ``idx``, verified against the limits before anything
+    is fired."""
+    try:
+        chosen = planner.choose(idx, g)
+    except ValueError as exc:  # e.g. the predictor's OutOfRangeError: never a 422 mid-run
+        raise StrategyFailure(f"strategy failed during the run: {exc}") from exc
+    n = idx.size
     voltage = np.broadcast_to(np.asarray(chosen[0], dtype=float), (n,)).copy()
     width = np.broadcast_to(np.asarray(chosen[1], dtype=float), (n,)).copy()
     try:
         check_pulse(limits, voltage, width)
     except LimitError as exc:
         # A strategy must stay within the limits; a violation is a bug, not bad input.
-        raise RuntimeError(f"strategy chose a pulse beyond the limits: {exc}") from exc
+        raise StrategyFailure(f"strategy chose a pulse beyond the limits: {exc}") from exc
     return voltage, width
 
 

@@ -106,3 +106,82 @@ def test_export_of_a_predictor_run_is_training_data(api, tmp_path):
     # The device latents the model infers from the lab's own log are within the trained range.
     z = strategy.current().device_latents(rec)
     assert np.all(np.abs(z[np.isfinite(z)]) <= 1.0)
+
+
+# ------------------------------------------- requests the predictor cannot serve: 422 up front
+
+
+def _nothing_recorded(settings) -> bool:
+    import sqlite3
+
+    with sqlite3.connect(settings.database) as conn:
+        runs = conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+        ops = conn.execute("SELECT COUNT(*) FROM operations").fetchone()[0]
+        jobs = conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+    return runs == ops == jobs == 0
+
+
+def test_limits_that_forbid_every_model_amplitude_are_422_before_any_run(tmp_path, client_for):
+    from service.app import create_app
+    from service.config import Settings
+
+    settings = Settings(backend="sim", database=tmp_path / "m.db",
+                        sim={"rows": 4, "cols": 4, "seed": 7, "variability": "realistic"},
+                        limits={"v_set_max": 0.3})
+    with client_for(create_app(settings)) as api:
+        for path in ("/program", "/jobs"):
+            r = api.post(f"{API}{path}", json={"targets": _targets(4)})
+            assert r.status_code == 422, r.text
+            (problem,) = r.json()["detail"]
+            assert problem["loc"] == ["body", "strategy"] and "v_set_max" in problem["msg"]
+            assert problem["ctx"]["limit"] == 0.3
+        # another strategy still works within these limits
+        assert api.post(f"{API}/program", json={"targets": _targets(2), "strategy": "ispp",
+                                                "max_pulses": 1}).status_code == 200
+    import sqlite3
+
+    with sqlite3.connect(settings.database) as conn:  # only the ispp run
+        assert [r[0] for r in conn.execute("SELECT strategy FROM runs")] == ["ispp"]
+
+
+def test_a_read_voltage_other_than_the_models_is_422(api, sim_settings):
+    r = api.post(f"{API}/program", json={"targets": _targets(4), "v_read": -0.3})
+    assert r.status_code == 422, r.text
+    (problem,) = r.json()["detail"]
+    assert problem["loc"] == ["body", "v_read"] and "0.2 V" in problem["msg"]
+    assert _nothing_recorded(sim_settings)
+
+
+def test_a_job_with_a_target_outside_the_trained_range_is_refused_not_queued(api, sim_settings):
+    targets = _targets(3)
+    targets[2]["conductance"] = 50e-6
+    for path in ("/program", "/jobs"):
+        r = api.post(f"{API}{path}", json={"targets": targets})
+        assert r.status_code == 422, r.text
+        (problem,) = r.json()["detail"]
+        assert problem["loc"] == ["body", "targets", 2, "conductance"]
+        assert problem["ctx"]["limit"] == pytest.approx(strategy.current().target_range[0])
+    assert _nothing_recorded(sim_settings)
+
+
+def test_nan_in_a_request_is_422_not_500(api, sim_settings):
+    body = '{"targets": [{"row": 0, "col": 0, "conductance": NaN}], "tolerance": Infinity}'
+    r = api.post(f"{API}/program", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert {tuple(p["loc"][1:]) for p in r.json()["detail"]} \
+        == {("targets", 0, "conductance"), ("tolerance",)}
+    assert _nothing_recorded(sim_settings)
+
+
+def test_a_device_that_never_moves_keeps_its_latent_within_the_trained_range():
+    from predictor.control import PredictorPlanner
+
+    p = strategy.current()
+    planner = PredictorPlanner(p, np.full(4, 400e-6))
+    g = np.full(4, 200e-6)
+    for _ in range(30):  # every pulse "does nothing": a lower bound, raised each time
+        planner.choose(np.arange(4), g)
+    planner.observe(np.arange(4), g)
+    lo, hi = p.latent_range
+    assert np.all((planner.latent >= lo) & (planner.latent <= hi))
+    assert np.allclose(planner.latent, hi)

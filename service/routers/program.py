@@ -12,6 +12,7 @@ from service.programming import (
     ProgramJob,
     ProgramOutcome,
     default_strategy,
+    get_strategy,
     program_cells,
     strategy_names,
 )
@@ -81,6 +82,7 @@ async def program_job(
             "limit",
             limit=ceiling,
         )
+    get_strategy(strategy).validate(target, limits, v_read)
     job = ProgramJob(
         rows=rows,
         cols=cols,
