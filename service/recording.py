@@ -12,7 +12,7 @@ import numpy as np
 from drivers.base import Backend, BackendError
 from service.storage import Storage
 
-UNCERTAIN = "uncertain: the trigger went out but no confirmation came back"
+UNCERTAIN = "uncertain: the trigger went out but no clean confirmation came back"
 
 
 def pulse_and_record(

@@ -113,15 +113,16 @@ class VisaBackend(Backend):
         tripped = np.zeros(r_arr.shape, dtype=bool)
         smu = self.instruments["smu"]
         generation = self._stop_generation
+        stopped = self._stopped(generation)
         with self._op_lock:
             try:
                 self._check_open()
                 for k, (r, c) in enumerate(zip(r_arr.tolist(), c_arr.tolist(), strict=True)):
                     self._check_stop(generation)
-                    self._route(r, c, "smu")
-                    self._check_stop(generation)
+                    self._route(r, c, "smu", stopped)
                     current[k], tripped[k] = smu.run(
-                        lambda s: self.smu_driver.measure(s, v_read), what=f"read of ({r}, {c})"
+                        lambda s: self._measure(s, v_read, generation),
+                        what=f"read of ({r}, {c})", abort=stopped,
                     )
             except BaseException as e:
                 err = self._fail(e)
@@ -139,11 +140,10 @@ class VisaBackend(Backend):
         check_pulse(self.limits, voltage, width)
         r_arr, c_arr = self._cells(rows, cols)
         try:
-            r_arr, c_arr, v_arr, w_arr = (
-                np.ravel(a) for a in np.broadcast_arrays(
-                    r_arr, c_arr, np.asarray(voltage, float), np.asarray(width, float)
-                )
-            )
+            # One pulse per cell: the amplitudes and widths take the cells' shape, never the
+            # other way round (a (n, 1) voltage must not fire n pulses on every cell).
+            v_arr, w_arr = (np.broadcast_to(np.asarray(a, float), r_arr.shape).ravel()
+                            for a in (voltage, width))
         except ValueError:
             raise LimitError("voltage", "voltage and width must match the cells") from None
         # Every shape is checked against the generator's ranges before anything is sent.
@@ -153,19 +153,20 @@ class VisaBackend(Backend):
         done = 0
         uncertain = False
         generation = self._stop_generation
+        stopped = self._stopped(generation)
         with self._op_lock:
             try:
                 self._check_open()
                 for r, c, shape in zip(r_arr.tolist(), c_arr.tolist(), shapes, strict=True):
                     self._check_stop(generation)
-                    self._route(r, c, "pulser")
+                    self._route(r, c, "pulser", stopped)
                     pulser.run(lambda s, shape=shape: self.pulser_driver.apply_shape(s, shape),
-                               what="pulse shape")
+                               what="pulse shape", abort=stopped)
                     try:
                         pulser.run(lambda s: self._fire(s, generation), idempotent=False,
-                                   what=f"pulse on ({r}, {c})")
+                                   what=f"pulse on ({r}, {c})", abort=stopped)
                     except InstrumentError as e:
-                        done += e.fired
+                        uncertain = e.uncertain
                         raise
                     except BackendUnavailable as e:
                         # the fire command was out but no reply came: fired or not, unknown
@@ -243,6 +244,16 @@ class VisaBackend(Backend):
             if not inst.connected:
                 inst.run(_noop, what="connect")
 
+    def _measure(self, session: Session, v_read: float, generation: int) -> tuple[float, bool]:
+        # Under the SMU's lock, like _fire under the pulser's: a stop that came first leaves
+        # the SMU's output off.
+        self._check_stop(generation)
+        return self.smu_driver.measure(session, v_read)
+
+    def _stopped(self, generation: int):
+        """For Instrument.run's ``abort``: has an emergency stop come since ``generation``?"""
+        return lambda: self._stop_generation != generation
+
     def _fire(self, session: Session, generation: int) -> None:
         # The fire command turns the output on. Checked under the pulser's lock, which the
         # emergency stop's safe state also takes: a stop either comes before this check (no
@@ -264,13 +275,13 @@ class VisaBackend(Backend):
                 raise LimitError(name, f"cell indices must be integers in 0 ... {n - 1}")
         return np.ravel(r_arr).astype(np.int64), np.ravel(c_arr).astype(np.int64)
 
-    def _route(self, row: int, col: int, role: Literal["smu", "pulser"]) -> None:
+    def _route(self, row: int, col: int, role: Literal["smu", "pulser"], abort) -> None:
         if self.matrix_driver is None:
             return
         destination = "both" if self.config.matrix.routing == "shared" else role  # type: ignore[union-attr]
         self.instruments["matrix"].run(
             lambda s: self.matrix_driver.route(s, row, col, destination),  # type: ignore[union-attr]
-            what=f"route ({row}, {col}) to {destination}",
+            what=f"route ({row}, {col}) to {destination}", abort=abort,
         )
 
     def _fail(self, error: BaseException) -> BaseException:

@@ -172,13 +172,19 @@ class Keysight33500B:
     def fire(self, s: Session) -> None:
         """Output on, one bus-triggered burst, output off: one round trip."""
         message = self.fire_message()
-        opc, error = split_reply(s.query(message), 2)
+        # The reply comes after the burst (*WAI): one period of the shape in use, which for a
+        # long pulse may exceed the I/O timeout on its own.
+        busy = self._shape.period if self._shape is not None else 0.0
+        opc, error = split_reply(s.query(message, busy=busy), 2)
         try:
             self._check(error, message)
             if parse_float(opc, "*OPC?") != 1:
                 raise InstrumentError(self.name, [(0, f"*OPC? answered {opc!r}")], message)
         except InstrumentError as e:
-            e.fired = True  # the reply came: the burst ran, then the instrument complained
+            # The reply came, but with an error (e.g. -211 "Trigger ignored") or an *OPC?
+            # other than 1: whether a burst reached the device is not known. The caller
+            # records the pulse as uncertain, never as certainly fired.
+            e.uncertain = True
             raise
 
     def safe(self, s: Session) -> None:

@@ -28,8 +28,9 @@ class InstrumentError(BackendError):
     def __init__(self, instrument: str, errors: Sequence[tuple[int, str]], message: str = ""):
         self.instrument = instrument
         self.errors = list(errors)
-        self.fired = False
-        """True if this error came with the reply to a pulse that was fired."""
+        self.uncertain = False
+        """True if this error came with the reply to a fire: whether the pulse reached the
+        device is not known (the operation log marks it so)."""
         text = "; ".join(f'{code},"{msg}"' for code, msg in self.errors)
         after = f" after {message!r}" if message else ""
         super().__init__(f"{instrument} reported {text}{after}")

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from drivers.base import BackendUnavailable
+from drivers.base import BackendError, BackendUnavailable
 from drivers.visa.bench import InstrumentConfig, RetryConfig
 from drivers.visa.scpi import InstrumentError, ProtocolError
 
@@ -90,11 +90,23 @@ class Session:
         self._inst.journal.append(message)
         self._res.write(message)
 
-    def query(self, message: str) -> str:
-        """Send one program message and wait for its reply (one round trip)."""
+    def query(self, message: str, busy: float = 0.0) -> str:
+        """Send one program message and wait for its reply (one round trip).
+
+        ``busy``: seconds the instrument works before it can answer (a burst it runs), added
+        to the timeout for this reply only.
+        """
         self.write(message)
         self._inst.stats.round_trips += 1
-        reply = self._res.read()
+        if busy > 0:
+            timeout = self._res.timeout
+            self._res.timeout = timeout + busy * 1000.0  # ms
+            try:
+                reply = self._res.read()
+            finally:
+                self._res.timeout = timeout
+        else:
+            reply = self._res.read()
         if not reply.replace("\t", " ").isprintable():
             raise ProtocolError(f"unprintable reply to {message!r}: {reply!r}")
         return reply
@@ -181,12 +193,21 @@ class Instrument:
 
     # -- operations -------------------------------------------------------------------------------
 
-    def run(self, op: Callable[[Session], T], *, idempotent: bool = True, what: str = "") -> T:
+    def run(
+        self,
+        op: Callable[[Session], T],
+        *,
+        idempotent: bool = True,
+        what: str = "",
+        abort: Callable[[], bool] | None = None,
+    ) -> T:
         """Run ``op`` atomically under this instrument's lock; reconnect and retry on I/O faults.
 
         ``idempotent=False`` (a pulse): after a fault the instrument is reconnected (so it is back
         in its safe state) but the operation is not repeated; BackendUnavailable says so.
         An :class:`InstrumentError` is retried like a transient fault if ``idempotent``.
+        ``abort`` (an emergency stop) is asked before every attempt and before every wait
+        between attempts: once true, no further attempt, a :class:`BackendError` instead.
         """
         transient = _transient_errors()
         what = what or getattr(op, "__name__", "operation")
@@ -195,6 +216,8 @@ class Instrument:
             if self._released:
                 raise BackendUnavailable(f"{self.name}: closed")
             for attempt in range(1, attempts + 1):
+                if abort is not None and abort():
+                    raise BackendError(f"{self.name}: {what} stopped by an emergency stop")
                 started = False
                 try:
                     if self._res is None:
@@ -227,7 +250,7 @@ class Instrument:
                             f"{self.name} ({self.config.resource}): {cause} during {what}; "
                             f"gave up after {attempts} attempt(s)"
                         ) from e
-                    if self.retry.delay:
+                    if self.retry.delay and not (abort is not None and abort()):
                         time.sleep(self.retry.delay)
             raise AssertionError("unreachable")  # pragma: no cover
 
