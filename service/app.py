@@ -82,8 +82,10 @@ def create_app(
         try:
             yield
         finally:
-            app.state.jobs.shutdown()  # jobs end 'interrupted', the running one between pulses
-            owner.shutdown()
+            try:
+                app.state.jobs.shutdown()  # jobs end 'interrupted', the running one between pulses
+            finally:
+                owner.shutdown()  # safe state and a durable database, whatever happened above
 
     app = FastAPI(
         title="memprog",

@@ -123,9 +123,12 @@ class JobManager:
 
     async def submit(self, job: ProgramJob, submitted_by: str | None = None) -> JobRecord:
         """Store a ``queued`` job and queue it for the backend; its record."""
-        async with self._submit:
-            job_id = await asyncio.to_thread(
-                self.storage.create_job,
+        stops = self.owner.stops
+
+        def store() -> tuple[_Job, list[_Job]]:
+            # Stored and registered in one step: no moment when the job is in the database
+            # but unknown to abort, the emergency stop and the progress stream.
+            job_id = self.storage.create_job(
                 strategy=job.strategy,
                 tolerance=job.tolerance,
                 max_pulses=job.max_pulses,
@@ -134,17 +137,27 @@ class JobManager:
                 total_cells=int(job.target.size),
                 submitted_by=submitted_by,
             )
-            row = await asyncio.to_thread(self.storage.get_job, job_id)
+            row = self.storage.get_job(job_id)
             assert row is not None
             handle = _Job(job_id, row)
             with self._lock:
                 self._active[job_id] = handle
+                # An emergency stop while it was being stored did not see it: it applies.
+                stopped = self._flag([handle], "aborted", ESTOP_MESSAGE) \
+                    if self.owner.stops != stops else []
+            return handle, stopped
+
+        async with self._submit:
+            handle, stopped = await asyncio.to_thread(store)
+            for queued in stopped:
+                await asyncio.to_thread(self._end_queued, queued)
             # Tasks start in creation order, and each queues its work on the owner before its
             # first await: the owner's FIFO order is the submission order.
             task = self._loop.create_task(self._run(handle, job))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return job_record(row)
+        with self._lock:
+            return job_record(dict(handle.row))
 
     async def get(self, job_id: int) -> JobRecord | None:
         row = await asyncio.to_thread(self.storage.get_job, job_id)
@@ -251,9 +264,14 @@ class JobManager:
     def _execute(self, handle: _Job, job: ProgramJob, backend: Backend) -> None:
         storage = self.storage
         with self._lock:
-            if handle.abort is not None:
-                return  # aborted while queued: recorded by _end_queued, nothing fired
-            handle.row["status"] = "running"  # from here an abort waits for the loop
+            aborted = handle.abort is not None
+            if not aborted:
+                handle.row["status"] = "running"  # from here an abort waits for the loop
+        if aborted:
+            # Aborted while queued, nothing fired; its end is normally recorded already by
+            # _end_queued — recorded here if that failed (a job must never stay 'queued').
+            self._end_queued(handle)
+            return
         self._write(handle, status="running", started=time.time())
 
         def should_stop() -> bool:

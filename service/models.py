@@ -48,7 +48,8 @@ class ErrorResponse(BaseModel):
 class HealthResponse(BaseModel):
     status: Literal["ok", "unavailable"] = Field(
         description="'ok': the service answers and its backend is known; 'unavailable': the "
-        "service answers but its bench could not be reached yet (requests answer 503)."
+        "service answers but its bench could not be reached (at start, or its last operation "
+        "failed to reach it and a new attempt failed too; requests answer 503)."
     )
     backend: Literal["simulated", "hardware"] = Field(
         description="The kind of backend being programmed."

@@ -47,6 +47,8 @@ class BackendOwner:
 
     def __init__(self, open_backend: Callable[[], Backend], open_storage: Callable[[], Storage]):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backend-owner")
+        # The emergency stop's own thread: never waits behind other work in a shared pool.
+        self._estop_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="estop")
         self._pending = 0
         self._pending_lock = threading.Lock()
         self._info: BackendInfo | None = None
@@ -86,13 +88,14 @@ class BackendOwner:
 
         Raises :class:`BackendUnavailable` while the backend cannot be reached.
         """
-        if self._info is not None:
+        if self._info is not None and self.unavailable is None:
             return self._info
         return await self.run(lambda backend, storage: self._describe())
 
     def _describe(self) -> BackendInfo:
-        """On the owner thread: describe once, and tell the storage what kind it records."""
-        if self._info is None:
+        """On the owner thread: describe once, and tell the storage what kind it records; again
+        after the bench failed (a reconnect: the probe that says it is back)."""
+        if self._info is None or self.unavailable is not None:
             try:
                 info = self.backend.describe()
             except BackendUnavailable as exc:
@@ -117,6 +120,11 @@ class BackendOwner:
         # shield: a cancelled request must not cancel a queued job's bookkeeping
         return await asyncio.shield(asyncio.wrap_future(future))
 
+    @property
+    def stops(self) -> int:
+        """Emergency stops so far (a counter: compare two readings to see if one came)."""
+        return self._stops
+
     def stop_requested(self) -> bool:
         """During a job, on the owner thread: has an emergency stop come since it was queued?"""
         return self._stops != self._job_stops
@@ -127,7 +135,8 @@ class BackendOwner:
         cancels the queued operations and tells the running one to stop before its next pulse.
         Raises the backend's error if it could not confirm its safe state."""
         self._stops += 1  # first: nothing queued before this moment fires from now on
-        await asyncio.to_thread(self.backend.emergency_stop)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._estop_executor, self.backend.emergency_stop)
 
     def _guarded(self, job: Callable[[Backend, Storage], T], stops: int) -> T:
         try:
@@ -137,8 +146,12 @@ class BackendOwner:
                     "cancelled by an emergency stop before it began; nothing was fired"
                 )
             self._describe()  # no operation on a backend that was never described
-            return job(self.backend, self.storage)
-        except BackendError:
+            result = job(self.backend, self.storage)
+            self.unavailable = None
+            return result
+        except BackendError as exc:
+            if isinstance(exc, BackendUnavailable):  # /health and memprog_backend_up say so
+                self.unavailable = str(exc) or type(exc).__name__
             # The contract says the backend is already safe; make sure, then report the
             # original error (a bench that is unreachable cannot confirm it, and says so).
             try:
@@ -160,6 +173,7 @@ class BackendOwner:
             self._executor.submit(self._close).result()
         finally:
             self._executor.shutdown(wait=True)
+            self._estop_executor.shutdown(wait=True)
 
     def _close(self) -> None:
         try:

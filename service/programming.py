@@ -416,6 +416,10 @@ def program_cells(
                 rows, cols = job.rows[idx], job.cols[idx]
                 voltage, width = _chosen(planner, idx, g[idx], job.limits)
                 pulse_and_record(backend, storage, rows, cols, voltage, width, run_id)
+                # Committed before the verify read: no write lock held across backend I/O (a
+                # bench's read of a large batch takes minutes; job bookkeeping, other
+                # connections, must not wait for it).
+                storage.commit()
                 pulses[idx] += 1
                 after = backend.read(rows, cols, job.v_read)
                 storage.record_read(after, run_id)

@@ -11,6 +11,9 @@ from service.app import create_app
 from service.auth import KeyStore, exposure_problem
 from service.config import load_settings
 
+GRACEFUL_SHUTDOWN_S = 3.0
+"""s that open responses get on SIGTERM before they are closed and the service shuts down."""
+
 
 def serve(
     config: str | Path | None = None,
@@ -42,5 +45,9 @@ def serve(
         log_level=log_level,
         # One worker on purpose: the backend has exactly one owner.
         workers=None,
+        # On SIGTERM uvicorn waits for open responses before the service's own shutdown
+        # (jobs 'interrupted', safe state) runs; a job's progress stream stays open as long
+        # as the job: bounded, or a watching dashboard would keep a stopped service pulsing.
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
     return 0

@@ -204,14 +204,20 @@ class Storage:
         self._conn.execute("PRAGMA synchronous = NORMAL")
         self._conn.executescript(SCHEMA)
         _migrate(self._conn)
-        # A run still 'running' at start-up was cut short by a crash; its operations are kept.
+        # A run still 'running' at start-up was cut short by a crash; its operations are kept,
+        # and its pulse count is what the log holds (pulses are committed as they are fired,
+        # ahead of the iteration's verify read and progress).
+        fired = ("(SELECT COUNT(*) FROM operations o WHERE o.run_id = {}.{} "
+                 "AND o.kind = 'pulse')")
         self._conn.execute(
-            "UPDATE runs SET status = 'interrupted', finished = ? WHERE status = 'running'",
+            "UPDATE runs SET status = 'interrupted', finished = ?, total_pulses = "
+            f"{fired.format('runs', 'id')} WHERE status = 'running'",
             (time.time(),),
         )
         # Likewise a job queued or running: marked, never resumed (its operations are kept).
         self._conn.execute(
-            "UPDATE jobs SET status = 'interrupted', finished = ?, error = ? "
+            "UPDATE jobs SET status = 'interrupted', finished = ?, error = ?, pulses = "
+            f"COALESCE({fired.format('jobs', 'run_id')}, 0) "
             "WHERE status IN ('queued', 'running')",
             (time.time(), JOB_INTERRUPTED),
         )

@@ -275,3 +275,33 @@ def test_service_starts_without_its_bench_and_recovers(sim_settings, client_for)
         assert client.get(f"{API}/health").json()["status"] == "ok"
         assert len(client.post(f"{API}/read", json={"all": True}).json()["readings"]) == 16
     assert counts(sim_settings) == {"read": 16, "pulse": 0}
+
+
+def test_a_bench_that_drops_is_reported_down_until_it_answers_again(sim_settings, client_for):
+    from service.app import create_app
+    from sim_backend import Crossbar
+
+    class DropsSimBackend(UnreachableSimBackend):
+        reachable = True
+
+        def read(self, rows, cols, v_read=0.2):
+            if not self.reachable:
+                raise BackendUnavailable("SMU not answering (test double)")
+            return super().read(rows, cols, v_read)
+
+    def backend_up(client) -> str:
+        return next(line for line in client.get("/metrics").text.splitlines()
+                    if line.startswith("memprog_backend_up"))
+
+    backend = DropsSimBackend(Crossbar(4, 4))
+    with client_for(create_app(sim_settings, backend_factory=lambda s: backend)) as client:
+        assert client.post(f"{API}/read", json={"all": True}).status_code == 200
+        assert backend_up(client) == "memprog_backend_up 1.0"
+        backend.reachable = False
+        assert client.post(f"{API}/read", json={"all": True}).status_code == 503
+        assert backend_up(client) == "memprog_backend_up 0.0"
+        health = client.get(f"{API}/health").json()
+        assert health["status"] == "unavailable" and "test double" in health["unavailable"]
+        backend.reachable = True
+        assert client.get(f"{API}/health").json()["status"] == "ok"
+        assert backend_up(client) == "memprog_backend_up 1.0"

@@ -204,3 +204,31 @@ def test_ispp_works_within_a_bench_pulse_generator_width_floor(storage):
     assert out.converged.mean() >= 0.95
     widths = {op[4] for op in operations(storage, out.run_id) if op[0] == "pulse"}
     assert widths == {1.6e-8}
+
+
+class LockWatchingSimBackend(CountingSimBackend):
+    """Test double: the real simulated backend noting whether the run's SQLite connection
+    holds an open (write) transaction while the backend works."""
+
+    def __init__(self, *args, storage: Storage, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.storage = storage
+        self.in_transaction: list[bool] = []
+
+    def read(self, rows, cols, v_read=0.2):
+        self.in_transaction.append(self.storage._conn.in_transaction)
+        return super().read(rows, cols, v_read)
+
+    def pulse(self, rows, cols, voltage, width):
+        self.in_transaction.append(self.storage._conn.in_transaction)
+        return super().pulse(rows, cols, voltage, width)
+
+
+@pytest.mark.parametrize("strategy", ["ispp", "predictor"])
+def test_no_write_lock_is_held_while_the_backend_works(storage, strategy):
+    """A bench's batch read takes minutes; job bookkeeping on other connections (60 s busy
+    timeout) must never wait for it."""
+    backend = make_backend(LockWatchingSimBackend, storage=storage)
+    out = program_cells(backend, storage, make_job(32, strategy=strategy, budget=100))
+    assert out.converged.sum() >= 30 and len(backend.in_transaction) > 4
+    assert not any(backend.in_transaction)
