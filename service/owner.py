@@ -38,6 +38,11 @@ class EmergencyStopped(RuntimeError):
     """An operation queued before an emergency stop, cancelled before it began: nothing fired."""
 
 
+SAFE_STATE_WAIT_S = 120.0
+"""s an operation waits at most for a running emergency stop's safe state (a bench that does not
+answer makes that fail within its own timeouts and retries, long before)."""
+
+
 class BackendOwner:
     """Runs jobs ``job(backend, storage)`` one at a time on a dedicated thread.
 
@@ -49,6 +54,8 @@ class BackendOwner:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backend-owner")
         # The emergency stop's own thread: never waits behind other work in a shared pool.
         self._estop_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="estop")
+        self._safe = threading.Event()  # clear while an emergency stop makes the backend safe
+        self._safe.set()
         self._pending = 0
         self._pending_lock = threading.Lock()
         self._info: BackendInfo | None = None
@@ -134,12 +141,19 @@ class BackendOwner:
         ``emergency_stop`` runs on a separate thread, concurrently with a running operation);
         cancels the queued operations and tells the running one to stop before its next pulse.
         Raises the backend's error if it could not confirm its safe state."""
+        self._safe.clear()  # the next operation starts once the backend is safe, not during
         self._stops += 1  # first: nothing queued before this moment fires from now on
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._estop_executor, self.backend.emergency_stop)
+        try:
+            await loop.run_in_executor(self._estop_executor, self.backend.emergency_stop)
+        finally:
+            self._safe.set()
 
     def _guarded(self, job: Callable[[Backend, Storage], T], stops: int) -> T:
         try:
+            # Not while an emergency stop is still making the backend safe (a route or a pulse
+            # of this operation could land between its safe-state commands).
+            self._safe.wait(timeout=SAFE_STATE_WAIT_S)
             self._job_stops = stops
             if self._stops != stops:
                 raise EmergencyStopped(

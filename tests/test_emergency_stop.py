@@ -266,3 +266,39 @@ def test_a_running_program_request_is_stopped_and_answers_409(api, sim_settings)
     run = api.get(f"{API}/runs").json()["runs"][0]
     assert run["status"] == "aborted" and f"run {run['id']}" in detail
     assert pulses_in(sim_settings.database, run["id"]) == run["total_pulses"] < 256 * 1000
+
+
+class _SlowSafeState(SimBackend):
+    """Test double: the real simulated backend whose safe state takes a while (a bench's
+    several instruments), logging what happens when."""
+
+    events: list[str]
+
+    def emergency_stop(self) -> None:
+        self.events.append("safe state begins")
+        time.sleep(0.5)
+        self.events.append("safe state done")
+
+    def read(self, rows, cols, v_read=0.2):
+        self.events.append("read")
+        return super().read(rows, cols, v_read)
+
+
+def test_the_next_request_waits_for_the_safe_state_to_finish(sim_settings, client_for):
+    from service.app import create_app
+
+    def factory(settings):
+        s = settings.sim
+        backend = SimBackend.create(s.rows, s.cols, seed=s.seed, variability=s.variability)
+        backend.__class__ = _SlowSafeState
+        backend.events = []
+        return backend
+
+    with client_for(create_app(sim_settings, backend_factory=factory)) as api:
+        backend = api.app.state.memprog.owner.backend
+        stop = threading.Thread(target=lambda: api.post(f"{API}/emergency-stop"))
+        stop.start()
+        wait_for(lambda: "safe state begins" in backend.events, 10, "the stop to begin")
+        assert api.post(f"{API}/read", json={"cells": [[0, 0]]}).status_code == 200
+        stop.join(10)
+    assert backend.events == ["safe state begins", "safe state done", "read"]
