@@ -54,6 +54,7 @@ class BackendOwner:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backend-owner")
         # The emergency stop's own thread: never waits behind other work in a shared pool.
         self._estop_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="estop")
+        self._closing = False
         self._safe = threading.Event()  # clear while an emergency stop makes the backend safe
         self._safe.set()
         self._pending = 0
@@ -132,9 +133,14 @@ class BackendOwner:
         """Emergency stops so far (a counter: compare two readings to see if one came)."""
         return self._stops
 
+    @property
+    def closing(self) -> bool:
+        """The service is shutting down: the running operation stops before its next pulse."""
+        return self._closing
+
     def stop_requested(self) -> bool:
         """During a job, on the owner thread: has an emergency stop come since it was queued?"""
-        return self._stops != self._job_stops
+        return self._closing or self._stops != self._job_stops
 
     async def emergency_stop(self) -> None:
         """Safe state now, bypassing the queue and the owner thread (the backend's
@@ -154,6 +160,9 @@ class BackendOwner:
             # Not while an emergency stop is still making the backend safe (a route or a pulse
             # of this operation could land between its safe-state commands).
             self._safe.wait(timeout=SAFE_STATE_WAIT_S)
+            if self._closing:
+                raise BackendUnavailable("the service is shutting down; this operation was "
+                                         "not started, nothing was fired")
             self._job_stops = stops
             if self._stops != stops:
                 raise EmergencyStopped(
@@ -182,7 +191,9 @@ class BackendOwner:
                     self._pending -= 1
 
     def shutdown(self) -> None:
-        """Finish the queued jobs, then release the backend (safe state) and the database."""
+        """Stop the running operation before its next pulse, refuse the queued ones (503,
+        nothing fired), then release the backend (safe state) and the database."""
+        self._closing = True
         try:
             self._executor.submit(self._close).result()
         finally:

@@ -360,3 +360,42 @@ def test_a_graceful_shutdown_is_not_held_off_by_an_open_progress_stream(tmp_path
         status, error = conn.execute(
             "SELECT status, error FROM jobs WHERE id = ?", (job["id"],)).fetchone()
     assert (status, error) == ("interrupted", "the service was shut down")
+
+
+@pytest.mark.slow
+def test_a_graceful_shutdown_stops_a_running_program_request_between_pulses(tmp_path):
+    import threading
+
+    from service.server import GRACEFUL_SHUTDOWN_S
+
+    database = tmp_path / "jobs.db"
+    server = ServerProcess(server_env(tmp_path)).start()
+    body = {"targets": targets([(r, c) for r in range(ROWS) for c in range(COLS)]),
+            "tolerance": 1e-4, "max_pulses": 1000, "strategy": "fixed"}
+    try:
+        def program() -> None:
+            with httpx.Client(base_url=server.url, timeout=120) as http:
+                try:
+                    http.post(f"{API}/program", json=body)
+                except httpx.HTTPError:
+                    pass  # the connection closes at shutdown
+
+        client = threading.Thread(target=program, daemon=True)
+        client.start()
+
+        def pulsed() -> bool:
+            with sqlite3.connect(database) as conn:
+                return conn.execute(
+                    "SELECT COUNT(*) FROM operations WHERE kind = 'pulse'").fetchone()[0] > 0
+
+        wait_for(pulsed, 60, "the run to pulse")
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(timeout=GRACEFUL_SHUTDOWN_S + 30)
+        assert time.monotonic() - started < GRACEFUL_SHUTDOWN_S + 10
+    finally:
+        server.stop()
+    with sqlite3.connect(database) as conn:
+        (status, total), = conn.execute("SELECT status, total_pulses FROM runs").fetchall()
+        fired = conn.execute("SELECT COUNT(*) FROM operations WHERE kind = 'pulse'").fetchone()[0]
+    assert status == "aborted" and total == fired < ROWS * COLS * 1000

@@ -40,9 +40,10 @@ async def program(request: ProgramRequest, state: StateDep) -> Response:
 
     outcome = await state.owner.run(run)
     if outcome.aborted:
+        cause = "the service's shutdown" if state.owner.closing else "an emergency stop"
         raise HTTPException(
             status_code=409,
-            detail=f"run {outcome.run_id} was stopped by an emergency stop after "
+            detail=f"run {outcome.run_id} was stopped by {cause} after "
             f"{outcome.pulses_fired} pulses; every operation it made is recorded "
             f"(GET /api/v1/runs/{outcome.run_id})",
         )
