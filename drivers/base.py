@@ -99,6 +99,18 @@ class ReadResult:
     """True where the current compliance tripped (the reading is then clipped, not trusted)."""
 
 
+def stricter(a: Limits, b: Limits) -> Limits:
+    """The limits that satisfy both ``a`` and ``b``."""
+    return Limits(
+        v_set_max=min(a.v_set_max, b.v_set_max),
+        v_reset_max=min(a.v_reset_max, b.v_reset_max),
+        width_min=max(a.width_min, b.width_min),
+        width_max=min(a.width_max, b.width_max),
+        v_read_max=min(a.v_read_max, b.v_read_max),
+        compliance=min(a.compliance, b.compliance),
+    )
+
+
 def check_pulse(limits: Limits, voltage: np.ndarray, width: np.ndarray) -> None:
     """Reject pulses beyond the limits (before any I/O). Raises :class:`LimitError`."""
     voltage = np.asarray(voltage, dtype=float)

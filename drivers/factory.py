@@ -32,5 +32,5 @@ def make_backend(settings: Settings) -> Backend:
 
         if settings.bench_config is None:
             raise ValueError("backend 'visa' needs bench_config (MEMPROG_BENCH_CONFIG)")
-        return open_backend(settings.bench_config)
+        return open_backend(settings.bench_config, limits=settings.limits.to_limits())
     raise ValueError(f"unknown backend {settings.backend!r}")

@@ -11,7 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
-from drivers.base import Backend, BackendInfo, Limits, ReadResult, check_pulse, check_read
+from drivers.base import (
+    Backend,
+    BackendInfo,
+    LimitError,
+    Limits,
+    ReadResult,
+    check_pulse,
+    check_read,
+)
 
 SIM_V_MIN = -0.9
 """Most negative pulse voltage the simulator accepts (validated range of the fitted model), V."""
@@ -21,6 +29,9 @@ SIM_WIDTH_MIN = 1e-9
 """Shortest pulse the simulator accepts, s."""
 SIM_WIDTH_MAX = 0.1
 """Longest pulse the simulator accepts, s."""
+SIM_V_READ_MAX = 0.3
+"""Largest |V| of a read: the simulator's reads never change a device, which holds at this level
+(the emulated bench treats a longer source at a higher level as a disturbing pulse), V."""
 
 
 def check_limits_within_simulator(limits: Limits) -> None:
@@ -34,6 +45,9 @@ def check_limits_within_simulator(limits: Limits) -> None:
         problems.append(f"width_min {limits.width_min} s < simulator's {SIM_WIDTH_MIN} s")
     if limits.width_max > SIM_WIDTH_MAX:
         problems.append(f"width_max {limits.width_max} s > simulator's {SIM_WIDTH_MAX} s")
+    if limits.v_read_max > SIM_V_READ_MAX:
+        problems.append(f"v_read_max {limits.v_read_max} V > {SIM_V_READ_MAX} V, above which a "
+                        "read would disturb the device (the simulator's reads never do)")
     if problems:
         raise ValueError("limits outside the simulator's range: " + "; ".join(problems))
 
@@ -70,9 +84,16 @@ class SimBackend(Backend):
     ) -> SimBackend:
         """A new array, or the one saved in ``state_file`` if that file exists."""
         from sim_backend import Crossbar
+        from sim_backend.variability import preset_name
 
         if state_file is not None and Path(state_file).is_file():
             crossbar = Crossbar.load(state_file)
+            if (crossbar.rows, crossbar.cols) != (rows, cols):
+                raise ValueError(
+                    f"state file {state_file} holds a {crossbar.rows}×{crossbar.cols} array, "
+                    f"the configuration asks for {rows}×{cols}: match the configuration to it, "
+                    "or move the file away to start a new array"
+                )
             origin = f"loaded from {state_file}"
         else:
             crossbar = Crossbar(
@@ -84,11 +105,12 @@ class SimBackend(Backend):
                 stuck_fraction=stuck_fraction,
             )
             origin = "new"
+        # What the array is (a loaded one keeps the seed and variability it was made with).
         details = {
-            "seed": seed,
-            "variability": variability,
-            "read_noise": read_noise,
-            "stuck_fraction": stuck_fraction,
+            "seed": crossbar.seed,
+            "variability": preset_name(crossbar.variability) or repr(crossbar.variability),
+            "read_noise": crossbar.read_noise,
+            "stuck_fraction": crossbar.stuck_fraction,
             "origin": origin,
         }
         return cls(crossbar, limits, description=details, state_file=state_file)
@@ -140,8 +162,11 @@ class SimBackend(Backend):
             self.crossbar.save(self._state_file)
 
     def _cells(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rows = np.atleast_1d(np.asarray(rows, dtype=np.int64))
-        cols = np.atleast_1d(np.asarray(cols, dtype=np.int64))
+        rows, cols = np.atleast_1d(np.asarray(rows)), np.atleast_1d(np.asarray(cols))
+        for name, a in (("rows", rows), ("cols", cols)):
+            if a.size and not np.issubdtype(a.dtype, np.integer):  # never round 1.9 to 1
+                raise LimitError(name, "cell indices must be integers")
+        rows, cols = rows.astype(np.int64), cols.astype(np.int64)
         if rows.shape != cols.shape or rows.ndim != 1:
             raise ValueError("rows and cols must be 1-d arrays of equal length")
         n_rows, n_cols = self.crossbar.rows, self.crossbar.cols

@@ -19,6 +19,8 @@ simulator. Examples::
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -36,11 +38,13 @@ from drivers.base import Limits
 class SimSettings(BaseModel):
     """The simulated crossbar (``MEMPROG_SIM__*``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     rows: int = Field(64, ge=1, le=4096, description="Word lines of the simulated array.")
     cols: int = Field(64, ge=1, le=4096, description="Bit lines of the simulated array.")
-    seed: int = Field(0, description="Seed of the device-to-device and cycle-to-cycle draws.")
+    seed: int = Field(
+        0, ge=0, description="Seed of the device-to-device and cycle-to-cycle draws."
+    )
     variability: Literal["ideal", "d2d", "realistic"] = Field(
         "realistic",
         description="ideal: nominal devices; d2d: device-to-device spread; realistic: D2D + "
@@ -58,7 +62,7 @@ class SimSettings(BaseModel):
 class LimitsSettings(BaseModel):
     """Hard safety limits (``MEMPROG_LIMITS__*``). Requests beyond them are rejected (422)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no "inf" switches one off
 
     v_set_max: float = Field(0.9, gt=0, description="Largest |V| of a SET (negative) pulse, V.")
     v_reset_max: float = Field(1.3, gt=0, description="Largest V of a RESET (positive) pulse, V.")
@@ -89,7 +93,7 @@ class ServerSettings(BaseModel):
 class ProgrammingSettings(BaseModel):
     """Defaults and caps of the programming loop (``MEMPROG_PROGRAMMING__*``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     v_read: float = Field(0.2, description="Default read voltage, V.")
     max_pulses_cap: int = Field(
@@ -129,6 +133,9 @@ class Settings(BaseSettings):
         env_prefix="MEMPROG_",
         env_nested_delimiter="__",
         extra="forbid",
+        # An empty variable means "not set" (MEMPROG_SIM__STATE_FILE= turns the file off),
+        # never the path ".".
+        env_parse_none_str="",
     )
 
     backend: Literal["sim", "visa"] = Field(
@@ -151,6 +158,16 @@ class Settings(BaseSettings):
             raise ValueError("backend 'visa' needs bench_config (MEMPROG_BENCH_CONFIG)")
         return self
 
+    @model_validator(mode="after")
+    def _default_read_within_limits(self) -> Settings:
+        v = self.programming.v_read
+        if v == 0 or not math.isfinite(v) or abs(v) > self.limits.v_read_max:
+            raise ValueError(
+                f"programming.v_read = {v} V: the default read voltage must be non-zero and "
+                f"within limits.v_read_max = {self.limits.v_read_max} V"
+            )
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -167,8 +184,34 @@ class Settings(BaseSettings):
         return sources
 
 
+NOT_SETTINGS = ("MEMPROG_HEALTH_URL", "MEMPROG_CHROMIUM", "MEMPROG_FUZZ_")
+"""Variables with the prefix that are not settings (deploy/healthcheck.py, tests): exact names,
+or prefixes ending in '_'."""
+
+
+def check_environment(environ: dict[str, str] | None = None) -> None:
+    """Refuse a ``MEMPROG_`` variable that names no setting: a typo such as
+    ``MEMPROG_LIMIT__V_SET_MAX`` would otherwise be ignored, the limit silently left as it is."""
+    environ = os.environ if environ is None else environ
+    known = set(Settings.model_fields)
+    for key in sorted(environ):
+        upper = key.upper()
+        if not upper.startswith("MEMPROG_") or any(
+            upper == n or (n.endswith("_") and upper.startswith(n)) for n in NOT_SETTINGS
+        ):
+            continue
+        if upper[len("MEMPROG_"):].split("__")[0].lower() not in known:
+            raise ValueError(
+                f"environment variable {key} names no setting (known: "
+                f"{', '.join('MEMPROG_' + k.upper() for k in sorted(known))}; nested ones "
+                "with __, e.g. MEMPROG_LIMITS__V_SET_MAX)"
+            )
+
+
 def load_settings(config_file: str | Path | None = None, **overrides: object) -> Settings:
-    """Settings from the environment, over the TOML ``config_file`` if given, over defaults."""
+    """Settings from the environment, over the TOML ``config_file`` if given, over defaults.
+    An environment variable that names no setting is refused (:func:`check_environment`)."""
+    check_environment()
     if config_file is None:
         return Settings(**overrides)
     path = Path(config_file)

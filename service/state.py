@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from drivers.base import BackendInfo, Limits
+from drivers.base import BackendInfo, Limits, stricter
 from service.config import Settings
 from service.owner import BackendOwner
 from service.storage import Storage
-from service.validation import stricter
 
 
 @dataclass

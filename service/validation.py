@@ -88,13 +88,3 @@ def checked_v_read(limits: Limits, v_read: float) -> float:
     return float(v_read)
 
 
-def stricter(a: Limits, b: Limits) -> Limits:
-    """The limits that satisfy both ``a`` and ``b``."""
-    return Limits(
-        v_set_max=min(a.v_set_max, b.v_set_max),
-        v_reset_max=min(a.v_reset_max, b.v_reset_max),
-        width_min=max(a.width_min, b.width_min),
-        width_max=min(a.width_max, b.width_max),
-        v_read_max=min(a.v_read_max, b.v_read_max),
-        compliance=min(a.compliance, b.compliance),
-    )

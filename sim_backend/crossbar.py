@@ -125,7 +125,8 @@ class Crossbar:
             raise IndexError(f"rows: a row index is outside 0 … {self.rows - 1}")
         if np.any((c < 0) | (c >= self.cols)):
             raise IndexError(f"cols: a column index is outside 0 … {self.cols - 1}")
-        return (r * self.cols + c).ravel().astype(np.intp), r.shape
+        # In intp before the arithmetic: small integer types (uint8 masks) would wrap around.
+        return (r.astype(np.intp) * self.cols + c.astype(np.intp)).ravel(), r.shape
 
     # -------------------------------------------------------------------------------- state
     @property

@@ -195,3 +195,14 @@ def test_cells_outside_the_array_are_rejected():
         xb.state = 5.0
     with pytest.raises(ValueError, match="variability"):
         Crossbar(2, 2, variability="noisy")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint16])
+def test_small_integer_indices_address_the_right_cells(dtype):
+    """r * cols + c in the caller's small integer type used to wrap around: the wrong cell."""
+    xb = Crossbar(300, 300, seed=1)
+    rows, cols = np.array([2, 200], dtype=dtype), np.array([0, 7], dtype=dtype)
+    xb.pulse(rows, cols, -0.6, 1e-6)
+    assert np.flatnonzero(xb.pulse_count).tolist() == [2 * 300 + 0, 200 * 300 + 7]
+    g = xb.conductance_map()
+    assert g[2, 0] > 4e-4 and g[200, 7] > 4e-4 and np.count_nonzero(g > 4e-4) == 2

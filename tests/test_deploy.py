@@ -119,10 +119,16 @@ def test_dockerfile_slim_non_root_auth_on_with_healthcheck():
     copies = {a.split()[-1]: a.split()[-2] for w, a in stage if w == "COPY" and "--from" not in a}
     assert health_cmd[1] in copies  # the health check script is in the image
     config = copies[args_ns.config]  # the config file the command names is in the image
+    # the scripts put on the PATH can be run as documented (docker exec memprog memprog-backup)
+    for word, arguments in stage:
+        if word == "COPY" and "/usr/local/bin/" in arguments:
+            assert "--chmod=0755" in arguments, arguments
     # every COPY source exists (paths relative to the build context, the repository root)
     for word, arguments in instructions:
         if word == "COPY" and "--from" not in arguments:
             for source in arguments.split()[:-1]:
+                if source.startswith("--"):  # a flag such as --chmod=0755
+                    continue
                 assert (ROOT / source).exists(), source
 
     # the image's settings: the copied file under the image's environment

@@ -83,6 +83,15 @@ def test_limits_beyond_the_simulator_are_refused_not_clamped():
         SimBackend.create(2, 2, limits=Limits(v_set_max=1.0))
     with pytest.raises(ValueError, match="width_max"):
         SimBackend.create(2, 2, limits=Limits(width_max=1.0))
+    with pytest.raises(ValueError, match="v_read_max"):  # a read that would disturb a device
+        SimBackend.create(2, 2, limits=Limits(v_read_max=0.5))
+
+
+def test_non_integer_cells_are_refused_never_rounded(backend):
+    with pytest.raises(LimitError) as err:
+        backend.pulse(np.array([1.9]), np.array([2.7]), voltage=-0.6, width=1e-6)
+    assert err.value.field == "rows"
+    assert backend.crossbar.pulse_count.sum() == 0
 
 
 def test_compliance_trips_and_clips_the_reading():
@@ -111,6 +120,15 @@ def test_state_file_survives_a_restart(tmp_path):
     second = SimBackend.create(2, 2, seed=1, state_file=path)
     assert second.describe().details["origin"].startswith("loaded")
     assert np.allclose(second.read([0, 1], [0, 0]).conductance, g)
+    second.close()
+    # the array is what the file holds, and says so, whatever else is configured ...
+    third = SimBackend.create(2, 2, seed=9, variability="ideal", read_noise=0.1, state_file=path)
+    details = third.describe().details
+    assert (details["seed"], details["variability"], details["read_noise"]) \
+        == (1, "realistic", 0.0)
+    # ... and another geometry is refused, not silently replaced by the file's
+    with pytest.raises(ValueError, match="holds a 2×2 array"):
+        SimBackend.create(8, 8, state_file=path)
 
 
 def test_factory_builds_the_configured_simulator(tmp_path):

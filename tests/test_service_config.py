@@ -89,3 +89,40 @@ def test_visa_needs_a_bench_config(tmp_path):
         Settings(backend="visa")
     s = Settings(backend="visa", bench_config=tmp_path / "bench.toml")
     assert s.bench_config == tmp_path / "bench.toml"
+
+
+# -- found in review: values that used to be accepted and left the service unsafe or broken --
+
+
+def test_an_unknown_memprog_variable_is_refused(monkeypatch):
+    from service.config import load_settings
+
+    monkeypatch.setenv("MEMPROG_LIMIT__V_SET_MAX", "0.5")  # typo: LIMIT, not LIMITS
+    with pytest.raises(ValueError, match="MEMPROG_LIMIT__V_SET_MAX names no setting"):
+        load_settings()
+    monkeypatch.delenv("MEMPROG_LIMIT__V_SET_MAX")
+    monkeypatch.setenv("MEMPROG_HEALTH_URL", "http://127.0.0.1:1/")  # not a setting: allowed
+    monkeypatch.setenv("MEMPROG_LIMITS__V_SET_MAX", "0.5")
+    assert load_settings().limits.v_set_max == 0.5
+
+
+def test_an_empty_variable_unsets_an_optional_path(monkeypatch):
+    monkeypatch.setenv("MEMPROG_SIM__STATE_FILE", "")
+    monkeypatch.setenv("MEMPROG_PREDICTOR__PATH", "")
+    settings = Settings()
+    assert settings.sim.state_file is None and settings.predictor.path is None
+
+
+@pytest.mark.parametrize(("variable", "value", "field"), [
+    ("MEMPROG_LIMITS__COMPLIANCE", "inf", "compliance"),
+    ("MEMPROG_LIMITS__V_SET_MAX", "nan", "v_set_max"),
+    ("MEMPROG_SIM__SEED", "-1", "seed"),
+    ("MEMPROG_PROGRAMMING__V_READ", "0.5", "v_read"),
+    ("MEMPROG_PROGRAMMING__V_READ", "0", "v_read"),
+])
+def test_unsafe_or_unusable_values_are_refused(monkeypatch, variable, value, field):
+    from pydantic import ValidationError
+
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError, match=field):
+        Settings()

@@ -461,3 +461,25 @@ def test_an_emergency_stop_ends_a_read_that_is_being_retried():
             assert_safe(emu)
         finally:
             backend.close()
+
+
+def test_the_services_stricter_limits_reach_the_instruments(tmp_path):
+    """A compliance set in the service's settings is programmed into the 2450, not only
+    checked by the service (found in review: it used to be advertised but not applied)."""
+    from drivers.base import Limits
+
+    with EmulatorRunner(bench(rows=1, cols=1)) as emu:
+        path = tmp_path / "bench.toml"
+        path.write_text(emu.config.to_toml())
+        backend = open_backend(path, limits=Limits(compliance=1e-5, v_set_max=0.5))
+        try:
+            assert backend.limits.compliance == 1e-5 and backend.limits.v_set_max == 0.5
+            assert backend.limits.width_min == emu.config.limits.width_min  # the bench's, stricter
+            backend.pulse(*cell(0, 0), np.array([-0.5]), np.array([1e-4]))  # G ≈ 559 µS
+            reading = backend.read(*cell(0, 0))
+            assert emu.state()["instruments"]["smu"]["compliance"] == 1e-5
+            assert reading.compliance[0] and reading.current[0] <= 1e-5 * (1 + 1e-9)
+            with pytest.raises(LimitError):
+                backend.pulse(*cell(0, 0), np.array([-0.6]), np.array([1e-6]))
+        finally:
+            backend.close()
