@@ -42,6 +42,7 @@ def bench_command(args: argparse.Namespace) -> int:
         max_pulses=args.max_pulses,
         baseline_max_pulses=args.baseline_max_pulses,
         read_time=args.read_time,
+        burn_in=args.burn_in,
     )
     run_benchmark(
         args.out, args.model or DEFAULT_MODEL, sc, bound=not args.no_bound,

@@ -16,9 +16,10 @@ One shot (RPD relative to the update and to the target, noise-free truth of the 
 - ``predictor_calibrated``: the same devices first written to their start states by the
   predictor (write-and-verify), so the predictor knows each device's latent from its last pulse,
   then one shot to the target;
-- ``blind_bound``: the physics limit of *any* one-shot rule that knows only (G_start, G_target):
-  for sample transitions, the best single (amplitude, width) applied to every device of the
-  population, and the fraction of devices it brings within ±50 %.
+- ``blind_bound``: an estimate of the best *any* one-shot rule that knows only (G_start,
+  G_target) can do: for sample transitions, the best single (amplitude, width) applied to every
+  device of the population, and the fraction of devices it brings within ±50 % (with its
+  standard error over the transitions).
 
 Write-and-verify to a tolerance (default 2 % of the target) with the service's loop semantics
 (read all; then per iteration pulse the unconverged cells and read them): ``predictor``, and the
@@ -159,7 +160,7 @@ class NominalInversePlanner:
     """The paper's noise-free baseline: the nominal device, C2C off, inverted by bisection.
 
     For each cell: fixed amplitude per polarity (``voltages``), the width for which the nominal
-    device goes from the read conductance to the target (60 bisection steps in log10 width over
+    device goes from the read conductance to the target (40 bisection steps in log10 width over
     [1e-9, 0.1] s, vectorised over cells).
     """
 
@@ -188,41 +189,54 @@ class NominalInversePlanner:
 # -------------------------------------------------------------------- physics upper bound
 
 
-def blind_bound(sc: Scenario, transitions: int = 24, devices: int = 256, widths: int = 48,
-                rng_seed: int = 1) -> dict:
-    """Best fraction within ±50 % of the update that one (V, width) per transition can reach
-    over a population of held-out devices (their parameters after burn-in)."""
+def blind_bound(sc: Scenario, predictor: PulsePredictor, transitions: int = 96,
+                devices: int = 256, widths: int = 64, rng_seed: int = 1, chunk: int = 4) -> dict:
+    """An estimate of the best fraction within ±50 % of the update that *any* blind one-shot
+    rule can reach: one (V, width) per transition, chosen knowing the device population but not
+    the device.
+
+    Per transition, the population-best (V, width) over the model's amplitudes × ``widths``
+    log-spaced widths in [1 ns, 100 ms], on ``devices`` held-out devices (their parameters after
+    the scenario's burn-in); averaged over ``transitions`` drawn like the benchmark's tasks
+    (:func:`draw_task`). The grid slightly under-estimates each transition's optimum; the mean
+    carries a sampling error, reported as ``standard_error``.
+    """
     xb, *_ = fresh_array(Scenario(rows=16, cols=devices // 16, seed=sc.seed, burn_in=sc.burn_in))
     params = {k: v.ravel() for k, v in xb.device_params("now").items()}
-    rng = np.random.default_rng(rng_seed)
-    lo_w, hi_w = 100e-6, 550e-6
-    g_s = rng.uniform(lo_w, hi_w, transitions)
-    g_t = rng.uniform(lo_w, hi_w, transitions)
-    bad = np.abs(g_t - g_s) < sc.min_update * g_t
-    while bad.any():
-        g_t[bad] = rng.uniform(lo_w, hi_w, int(bad.sum()))
-        bad = np.abs(g_t - g_s) < sc.min_update * g_t
-    volts_set = (-0.4, -0.5, -0.6)
-    volts_reset = (0.9, 1.1, 1.3)
+    g_s, g_t = draw_task(Scenario(rows=1, cols=transitions, seed=sc.seed,
+                                  min_update=sc.min_update, sample_seed=1000 + rng_seed))
+    volts = {True: predictor.voltages("set"), False: predictor.voltages("reset")}
     w_grid = np.logspace(-9, -1, widths)
-    best = np.zeros(transitions)
     n_dev = params["r"].size
-    for k in range(transitions):
-        volts = volts_set if g_t[k] > g_s[k] else volts_reset
-        V = np.repeat(np.array(volts), widths * n_dev)
-        W = np.tile(np.repeat(w_grid, n_dev), len(volts))
-        dev = np.tile(np.arange(n_dev), widths * len(volts))
-        N0 = np.full(V.size, float(np.clip(state_for_conductance(g_s[k]), N_LO, N_HI)))
-        N1, _ = apply_pulses(N0, V, W, DeviceParams(**{p: a[dev] for p, a in params.items()}))
-        ok = np.abs(M.rpd_update(conductance(N1), g_t[k], g_s[k])) <= 0.5
-        best[k] = ok.reshape(len(volts) * widths, n_dev).mean(axis=1).max()
+    best = np.zeros(transitions)
+    for start in range(0, transitions, chunk):
+        ks = range(start, min(start + chunk, transitions))
+        V, W, dev, N0, sizes = [], [], [], [], []
+        for k in ks:
+            v = volts[bool(g_t[k] > g_s[k])]
+            n = v.size * widths * n_dev
+            V.append(np.repeat(v, widths * n_dev))
+            W.append(np.tile(np.repeat(w_grid, n_dev), v.size))
+            dev.append(np.tile(np.arange(n_dev), widths * v.size))
+            N0.append(np.full(n, float(np.clip(state_for_conductance(g_s[k]), N_LO, N_HI))))
+            sizes.append((k, v.size, n))
+        d = np.concatenate(dev)
+        N1, _ = apply_pulses(np.concatenate(N0), np.concatenate(V), np.concatenate(W),
+                             DeviceParams(**{p: a[d] for p, a in params.items()}))
+        at = 0
+        for k, n_v, n in sizes:
+            ok = np.abs(M.rpd_update(conductance(N1[at:at + n]), g_t[k], g_s[k])) <= 0.5
+            best[k] = ok.reshape(n_v * widths, n_dev).mean(axis=1).max()
+            at += n
     return {
+        "estimate_of": "best fraction within ±50 % of the update any blind one-shot rule reaches",
         "transitions": transitions,
+        "tasks": "drawn like the benchmark's (draw_task)",
         "devices": int(n_dev),
-        "amplitudes_V": {"set": list(volts_set), "reset": list(volts_reset)},
+        "amplitudes_V": {"set": volts[True].tolist(), "reset": volts[False].tolist()},
         "width_grid": f"{widths} log-spaced widths in [1e-9, 0.1] s",
         "best_fraction_within_50pct_update_mean": float(best.mean()),
-        "best_fraction_within_50pct_update_max": float(best.max()),
+        "standard_error": float(best.std(ddof=1) / np.sqrt(transitions)),
         "best_fraction_per_transition": [round(float(b), 4) for b in best],
     }
 
@@ -411,9 +425,10 @@ def run_benchmark(
             f"±20 % {s['within_update']['20%'] * 100:.1f} %; of the target ±10 % "
             f"{s['within_target']['10%'] * 100:.1f} %")
     if bound:
-        log("physics bound of blind one shot (population-best single pulse per transition)")
-        report["one_shot"]["blind_bound"] = blind_bound(sc)
-        log(f"  best possible: {report['one_shot']['blind_bound']['best_fraction_within_50pct_update_mean'] * 100:.1f} %")  # noqa: E501
+        log("blind one shot, best possible (estimate: population-best pulse per transition)")
+        bb = report["one_shot"]["blind_bound"] = blind_bound(sc, predictor)
+        log(f"  {bb['best_fraction_within_50pct_update_mean'] * 100:.1f} % "
+            f"± {bb['standard_error'] * 100:.1f} (standard error, {bb['transitions']} tasks)")
 
     # ---------------------------------------------------------------------- write & verify
     log(f"write-and-verify to {sc.tolerance * 100:g} %")
@@ -427,12 +442,25 @@ def run_benchmark(
     wv = {name: wv_summary(res, target, sc, sc.max_pulses if name == "predictor"
                            else sc.baseline_max_pulses) for name, res in results.items()}
     p = wv["predictor"]
+    mine = results["predictor"]
     for name in ("ispp", "fixed"):
+        other = results[name]
+        # Also on the devices both converged: a baseline's devices stuck at its pulse cap
+        # would otherwise inflate its ratios.
+        both = mine.converged & other.converged
+
+        def time_of(res: LoopResult, sel: np.ndarray) -> float:
+            return float(M.device_time(res.width_sum[sel], res.reads[sel], sc.read_time).sum())
+
         wv[f"ratio_{name}_over_predictor"] = {
             "pulses_total": wv[name]["pulses_total"] / p["pulses_total"],
             "pulses_mean": wv[name]["pulses_mean"] / p["pulses_mean"],
             "device_time": wv[name]["device_time_total_s"] / p["device_time_total_s"],
             "width_sum": wv[name]["width_sum_total_s"] / p["width_sum_total_s"],
+            "devices_converged_by_both": int(both.sum()),
+            "pulses_total_converged_by_both": float(other.pulses[both].sum()
+                                                    / mine.pulses[both].sum()),
+            "device_time_converged_by_both": time_of(other, both) / time_of(mine, both),
         }
     wv["device_time_ratio_by_read_time"] = {
         f"{rt:g}": {
@@ -449,7 +477,9 @@ def run_benchmark(
     for name in ("ispp", "fixed"):
         ratio = wv[f"ratio_{name}_over_predictor"]
         log(f"  {name} / predictor: pulses ×{ratio['pulses_total']:.1f}, device time "
-            f"×{ratio['device_time']:.1f}")
+            f"×{ratio['device_time']:.1f}; on the {ratio['devices_converged_by_both']} devices "
+            f"both converged: ×{ratio['pulses_total_converged_by_both']:.1f}, "
+            f"×{ratio['device_time_converged_by_both']:.1f}")
     log(f"inference: {report['inference']['batched_predictions_per_s'] / 1e6:.2f} M/s batched, "
         f"{report['inference']['single_prediction_median_us']:.0f} µs single")
 

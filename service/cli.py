@@ -59,7 +59,7 @@ def _bench_memory(args: argparse.Namespace) -> int:
 
     return run_memory_benchmark(rows=args.rows, cols=args.cols, seed=args.seed,
                                 rounds=args.rounds, read_noise=args.read_noise,
-                                report=args.report)
+                                burn_in=args.burn_in, report=args.report)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -136,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     prog.add_argument("--cols", type=int, default=64)
     prog.add_argument("--seed", type=int, default=7001, help="held-out crossbar seed")
     prog.add_argument("--read-noise", type=float, default=0.0, help="relative σ of reads")
+    prog.add_argument("--burn-in", type=int, default=4,
+                      help="full SET/RESET cycles of the devices first (as in training)")
     prog.add_argument("--read-time", type=float, default=1e-6, help="s per read (device time)")
     prog.add_argument("--tolerance", type=float, default=0.02, help="relative to the target")
     prog.add_argument("--max-pulses", type=int, default=20, help="predictor's budget")
@@ -152,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     memory.add_argument("--seed", type=int, default=7001, help="held-out crossbar seed")
     memory.add_argument("--rounds", type=int, default=3)
     memory.add_argument("--read-noise", type=float, default=0.0, help="relative σ of reads")
+    memory.add_argument("--burn-in", type=int, default=4, help="full SET/RESET cycles first")
     memory.add_argument("--report", default="reports/bench_memory.json", help="JSON report")
     memory.set_defaults(func=_bench_memory)
 

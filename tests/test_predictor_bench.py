@@ -35,10 +35,18 @@ def test_benchmark_writes_json_and_plots(tmp_path):
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def test_blind_bound_is_a_fraction():
-    bound = blind_bound(Scenario(seed=7003, burn_in=1), transitions=2, devices=32, widths=8)
+def test_blind_bound_is_a_fraction_with_its_error_and_independent_of_batching():
+    from predictor.runtime import PulsePredictor
+
+    predictor = PulsePredictor()
+    args = dict(transitions=5, devices=32, widths=8)
+    bound = blind_bound(Scenario(seed=7003, burn_in=1), predictor, chunk=2, **args)
     assert 0.0 <= bound["best_fraction_within_50pct_update_mean"] <= 1.0
-    assert len(bound["best_fraction_per_transition"]) == 2
+    assert bound["standard_error"] >= 0.0
+    assert len(bound["best_fraction_per_transition"]) == 5
+    assert bound["amplitudes_V"]["set"] == predictor.voltages("set").tolist()
+    one_by_one = blind_bound(Scenario(seed=7003, burn_in=1), predictor, chunk=1, **args)
+    assert one_by_one["best_fraction_per_transition"] == bound["best_fraction_per_transition"]
 
 
 def test_cli_has_the_subcommands(capsys):
