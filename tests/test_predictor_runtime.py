@@ -157,7 +157,7 @@ def test_write_verify_on_held_out_devices(p, scenario):
     assert np.all(np.abs(M.rpd_target(res.g_final, target)[res.converged]) <= 0.02 + 1e-12)
 
 
-def test_one_shot_on_held_out_devices_beats_the_noise_free_baseline(p, scenario):
+def test_blind_one_shot_on_held_out_devices_is_no_worse_than_the_noise_free_baseline(p, scenario):
     xb, r, c, target = fresh_array(scenario)
     g0, g1 = one_shot(xb, r, c, target, PredictorPlanner(
         p, target, config=PolicyConfig(first_latent=None)))
@@ -167,7 +167,7 @@ def test_one_shot_on_held_out_devices_beats_the_noise_free_baseline(p, scenario)
     baseline = M.within(M.rpd_update(g1, target, g0))["50%"]
     # Stated bound: blind one shot (device unknown) ≥ 35 % within ±50 % of the update — the
     # realistic preset's device-to-device spread of switching times (×100 and more) caps any
-    # blind rule near 60 % (see `memprog bench programming`, blind_bound) — and no worse than
+    # blind rule near 55 % (see `memprog bench programming`, blind_bound) — and no worse than
     # the noise-free baseline.
     assert ours >= 0.35
     assert ours >= baseline - 0.02
