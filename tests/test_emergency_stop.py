@@ -31,6 +31,17 @@ def pulses_in(database, run_id: int, after: float | None = None) -> int:
         return conn.execute(sql, args).fetchone()[0]
 
 
+def sim_factory_as(cls):
+    """A backend factory: the configured simulated array, behind the test double ``cls``."""
+    def factory(settings):
+        s = settings.sim
+        backend = SimBackend.create(s.rows, s.cols, seed=s.seed, variability=s.variability)
+        backend.__class__ = cls
+        return backend
+
+    return factory
+
+
 def test_emergency_stop_without_jobs_answers_stopped(api):
     body = api.post(f"{API}/emergency-stop").json()
     assert body == {"stopped": True, "aborted_jobs": [], "backend": "simulated", "error": None}
@@ -46,13 +57,8 @@ class _UnconfirmedStop(SimBackend):
 def test_an_unconfirmed_safe_state_is_reported_as_502(sim_settings, client_for):
     from service.app import create_app
 
-    def factory(settings):
-        s = settings.sim
-        backend = SimBackend.create(s.rows, s.cols, seed=s.seed, variability=s.variability)
-        backend.__class__ = _UnconfirmedStop
-        return backend
-
-    with client_for(create_app(sim_settings, backend_factory=factory)) as api:
+    app = create_app(sim_settings, backend_factory=sim_factory_as(_UnconfirmedStop))
+    with client_for(app) as api:
         response = api.post(f"{API}/emergency-stop")
     assert response.status_code == 502
     assert response.json() == {
@@ -85,13 +91,8 @@ class _BreaksOffItsBatch(SimBackend):
 def test_a_batch_broken_off_by_the_stop_ends_the_job_aborted(sim_settings, client_for):
     from service.app import create_app
 
-    def factory(settings):
-        s = settings.sim
-        backend = SimBackend.create(s.rows, s.cols, seed=s.seed, variability=s.variability)
-        backend.__class__ = _BreaksOffItsBatch
-        return backend
-
-    with client_for(create_app(sim_settings, backend_factory=factory)) as api:
+    app = create_app(sim_settings, backend_factory=sim_factory_as(_BreaksOffItsBatch))
+    with client_for(app) as api:
         job = api.post(f"{API}/jobs", json=long_job(16, 16)).json()
         wait_for(lambda: job_of(api, job["id"])["pulses"] > 0, 30, "the job to pulse")
         _BreaksOffItsBatch.armed.set()
@@ -272,7 +273,7 @@ class _SlowSafeState(SimBackend):
     """Test double: the real simulated backend whose safe state takes a while (a bench's
     several instruments), logging what happens when."""
 
-    events: list[str]
+    events: list[str]  # set by the test
 
     def emergency_stop(self) -> None:
         self.events.append("safe state begins")
@@ -287,15 +288,10 @@ class _SlowSafeState(SimBackend):
 def test_the_next_request_waits_for_the_safe_state_to_finish(sim_settings, client_for):
     from service.app import create_app
 
-    def factory(settings):
-        s = settings.sim
-        backend = SimBackend.create(s.rows, s.cols, seed=s.seed, variability=s.variability)
-        backend.__class__ = _SlowSafeState
-        backend.events = []
-        return backend
-
-    with client_for(create_app(sim_settings, backend_factory=factory)) as api:
+    app = create_app(sim_settings, backend_factory=sim_factory_as(_SlowSafeState))
+    with client_for(app) as api:
         backend = api.app.state.memprog.owner.backend
+        backend.events = []
         stop = threading.Thread(target=lambda: api.post(f"{API}/emergency-stop"))
         stop.start()
         wait_for(lambda: "safe state begins" in backend.events, 10, "the stop to begin")
