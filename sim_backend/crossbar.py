@@ -278,8 +278,22 @@ class Crossbar:
             xb.pulse_count = np.array(data["pulse_count"], dtype=np.int64)
             xb._device = {k: np.array(data[f"device_{k}"], dtype=float) for k in var.PARAMETERS}
             xb._now = {k: np.array(data[f"now_{k}"], dtype=float) for k in var.PARAMETERS}
-        if xb._N.shape != (n,):
-            raise ValueError(f"{path}: state has {xb._N.size} devices, expected {n}")
+        # A corrupted or hand-edited file must not load: a NaN state or a wrongly sized array
+        # would surface later, in the middle of a pulse (half applied).
+        arrays = {"N": xb._N, "stuck": xb._stuck, "stuck_N": xb._stuck_N,
+                  "pulse_count": xb.pulse_count,
+                  **{f"device_{k}": v for k, v in xb._device.items()},
+                  **{f"now_{k}": v for k, v in xb._now.items()}}
+        for name, a in arrays.items():
+            if a.shape != (n,):
+                raise ValueError(f"{path}: {name} has shape {a.shape}, expected ({n},)")
+        if not np.all(np.isfinite(xb._N) & (xb._N >= N_LO) & (xb._N <= N_HI)):
+            raise ValueError(f"{path}: a device state N is not finite or outside [{N_LO}, {N_HI}]")
+        for k in var.PARAMETERS:
+            lo, hi = var.BOUNDS[k]
+            for name, a in ((f"device_{k}", xb._device[k]), (f"now_{k}", xb._now[k])):
+                if not np.all(np.isfinite(a) & (a >= lo * (1 - 1e-12)) & (a <= hi * (1 + 1e-12))):
+                    raise ValueError(f"{path}: {name} is not finite or outside [{lo}, {hi}]")
         xb._c2c_rng.bit_generator.state = meta["c2c_rng"]
         xb._read_rng.bit_generator.state = meta["read_rng"]
         return xb

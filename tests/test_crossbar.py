@@ -206,3 +206,23 @@ def test_small_integer_indices_address_the_right_cells(dtype):
     assert np.flatnonzero(xb.pulse_count).tolist() == [2 * 300 + 0, 200 * 300 + 7]
     g = xb.conductance_map()
     assert g[2, 0] > 4e-4 and g[200, 7] > 4e-4 and np.count_nonzero(g > 4e-4) == 2
+
+
+@pytest.mark.parametrize(("field", "corrupt", "message"), [
+    ("N", lambda a: np.where(np.arange(a.size) == 3, np.nan, a), "state N"),
+    ("pulse_count", lambda a: a[:-1], "pulse_count has shape"),
+    ("now_r", lambda a: a * 2, "now_r"),
+])
+def test_a_corrupted_state_file_does_not_load(tmp_path, field, corrupt, message):
+    xb = Crossbar(4, 4, seed=2, variability="realistic", stuck_fraction=0.2)
+    xb.pulse(np.arange(4), np.arange(4), -0.5, 1e-6)
+    path = tmp_path / "array.npz"
+    xb.save(path)
+    Crossbar.load(path)  # the file as saved loads
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays[field] = corrupt(arrays[field])
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **arrays)
+    with pytest.raises(ValueError, match=message):
+        Crossbar.load(bad)

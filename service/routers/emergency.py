@@ -46,7 +46,10 @@ async def emergency_stop(request: Request, state: StateDep, principal: AnyKey) -
     except Exception as exc:  # BackendError, or anything: the answer must come
         error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, BackendError) else str(exc)
         log.error("emergency stop: safe state not confirmed: %s", error)
-    await jobs.end_queued(queued)
+    try:
+        await jobs.end_queued(queued)
+    except Exception:  # the answer must come; the owner records each one's end when it reaches it
+        log.exception("emergency stop: recording the end of the queued jobs failed")
     info = state.owner.info
     body = EmergencyStopResponse(
         stopped=error is None,
