@@ -432,3 +432,20 @@ def test_two_sources_and_a_dc_rest_level_are_flagged(emu, smu, pulser, matrix):
     assert smu.ask(":OUTP OFF;*OPC?") == "1"
     kinds = [v["kind"] for v in emu.state()["violations"]]
     assert kinds.count("dc_rest") == 2 and "two_sources" in kinds
+
+
+def test_a_disturbing_read_acts_as_whole_pulses_of_at_most_100_ms():
+    """Beyond 0.3 V the SMU's source time acts on the device: 0.4 s is 4 pulses (4 cycles of
+    cycle-to-cycle variation), not 4 and a leftover sliver."""
+    from drivers.visa.bench import parse_bench
+    from sim_backend.emulators import EmulatorRunner
+
+    inst = {"resource": "TCPIP0::127.0.0.1::0::SOCKET"}
+    config = parse_bench({"smu": inst, "pulser": inst, "emulator": {"timing": False}})
+    with EmulatorRunner(config) as emu, emu.bench.lock:
+        emu.bench.measure_routed(0.2, 0.4)  # harmless
+        assert emu.bench.crossbar.pulse_count.tolist() == [0]
+        emu.bench.measure_routed(0.5, 0.4)
+        assert emu.bench.crossbar.pulse_count.tolist() == [4]
+        emu.bench.measure_routed(0.5, 0.25)
+        assert emu.bench.crossbar.pulse_count.tolist() == [7]

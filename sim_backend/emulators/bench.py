@@ -18,6 +18,7 @@ Rules of the physics and of the integrity checks (violations are recorded, never
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import deque
 from dataclasses import asdict
@@ -124,11 +125,12 @@ class EmulatedBench:
         cols = np.array([d[1] for d in devices])
         try:
             if abs(level) > READ_DISTURB_FREE:
-                left = duration
-                while left > 0:
-                    step = min(left, 0.1)
-                    self.crossbar.pulse(rows, cols, level, max(step, 1e-9))
-                    left -= step
+                # In equal parts of at most 100 ms (the model's longest pulse); a count, not a
+                # running float remainder, so a 0.4 s read is 4 parts, not 4 and a 1 ns sliver
+                # (each part is a cycle of the device's cycle-to-cycle variation).
+                parts = max(1, math.ceil(duration / 0.1 - 1e-9))
+                for _ in range(parts):
+                    self.crossbar.pulse(rows, cols, level, max(duration / parts, 1e-9))
             current = np.asarray(self.crossbar.read_current(rows, cols, v_read=level), float)
         except ValueError as e:
             self.smu.violation("device_overstress", f"read at {level:g} V refused: {e}")
