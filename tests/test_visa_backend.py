@@ -24,12 +24,16 @@ from sim_backend.emulators import EmulatorRunner
 pytestmark = pytest.mark.timeout(120)
 
 ANY = "TCPIP0::127.0.0.1::0::SOCKET"
-TIMEOUT = 0.3  # s, the drivers' I/O timeout in these tests
+TIMEOUT = 0.3  # s, the drivers' I/O timeout in the fault tests
 SLOW = 0.8  # s, a "slow" reply: well past the timeout
+# s, the timeout where no fault is injected: 20 client threads and the emulators share this
+# process and 2 cores, so a reply can be late by more than TIMEOUT without anything being wrong
+PATIENT = 5.0
 
 
-def bench(rows=4, cols=4, routing="shared", seed=0, variability="ideal", attempts=3, **emulator):
-    inst = {"resource": ANY, "timeout": TIMEOUT, "open_timeout": 1.0}
+def bench(rows=4, cols=4, routing="shared", seed=0, variability="ideal", attempts=3,
+          timeout=TIMEOUT, **emulator):
+    inst = {"resource": ANY, "timeout": timeout, "open_timeout": 1.0}
     return parse_bench({
         "name": "test bench",
         "smu": inst,
@@ -122,7 +126,7 @@ def test_same_seed_same_conductances_as_the_crossbar_and_the_sim_backend():
     seed = 11
     ref = Crossbar(4, 4, seed=seed, variability="realistic")
     sim = SimBackend.create(4, 4, seed=seed, variability="realistic")
-    with EmulatorRunner(bench(seed=seed, variability="realistic")) as emu:
+    with EmulatorRunner(bench(seed=seed, variability="realistic", timeout=PATIENT)) as emu:
         backend = VisaBackend(emu.config)
         try:
             everything = np.indices((4, 4)).reshape(2, -1)
@@ -144,7 +148,8 @@ def test_same_seed_same_conductances_as_the_crossbar_and_the_sim_backend():
 
 def test_batched_pulses_match_the_sim_backend_without_cycle_noise():
     sim = SimBackend.create(4, 4, seed=3, variability="d2d")
-    with EmulatorRunner(bench(seed=3, variability="d2d", routing="exclusive")) as emu:
+    config = bench(seed=3, variability="d2d", routing="exclusive", timeout=PATIENT)
+    with EmulatorRunner(config) as emu:
         backend = VisaBackend(emu.config)
         try:
             for rows, cols, volts, widths in SEQUENCE:
@@ -159,7 +164,7 @@ def test_batched_pulses_match_the_sim_backend_without_cycle_noise():
 
 
 def test_compliance_flag_is_returned():
-    with EmulatorRunner(bench(rows=1, cols=1)) as emu:
+    with EmulatorRunner(bench(rows=1, cols=1, timeout=PATIENT)) as emu:
         cfg = emu.config.with_updates(limits={"compliance": 5e-5})
         backend = VisaBackend(cfg)
         try:
@@ -325,7 +330,7 @@ def _hammer(backend: VisaBackend, clients: int, cycles: int) -> list[BaseExcepti
 
 @pytest.mark.parametrize("routing", ["exclusive", "shared"])
 def test_20_concurrent_clients_no_interleaved_transactions_nothing_lost(routing):
-    with EmulatorRunner(bench(rows=5, cols=4, routing=routing)) as emu:
+    with EmulatorRunner(bench(rows=5, cols=4, routing=routing, timeout=PATIENT)) as emu:
         backend = VisaBackend(emu.config)
         try:
             errors = _hammer(backend, clients=20, cycles=5)
@@ -350,7 +355,7 @@ class _NoLock:
 def test_the_integrity_checks_catch_an_unserialised_backend():
     """Control experiment: without the backend's operation lock (each instrument still has its
     own), routes and measurements of different clients interleave and the emulator says so."""
-    with EmulatorRunner(bench(rows=5, cols=4, routing="exclusive")) as emu:
+    with EmulatorRunner(bench(rows=5, cols=4, routing="exclusive", timeout=PATIENT)) as emu:
         backend = VisaBackend(emu.config)
         backend._op_lock = _NoLock()  # type: ignore[assignment]
         try:
@@ -372,7 +377,7 @@ def _closed_port() -> int:
 
 
 def test_a_2450_not_in_scpi_mode_is_refused_clearly():
-    with EmulatorRunner(bench(rows=1, cols=1)) as emu:
+    with EmulatorRunner(bench(rows=1, cols=1, timeout=PATIENT)) as emu:
         emu.bench.smu.language = "TSP"
         backend = VisaBackend(emu.config)
         try:
@@ -468,7 +473,7 @@ def test_the_services_stricter_limits_reach_the_instruments(tmp_path):
     checked by the service (found in review: it used to be advertised but not applied)."""
     from drivers.base import Limits
 
-    with EmulatorRunner(bench(rows=1, cols=1)) as emu:
+    with EmulatorRunner(bench(rows=1, cols=1, timeout=PATIENT)) as emu:
         path = tmp_path / "bench.toml"
         path.write_text(emu.config.to_toml())
         backend = open_backend(path, limits=Limits(compliance=1e-5, v_set_max=0.5))
