@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Health check of a memprog service (the Docker image's HEALTHCHECK; usable from cron/monitoring).
 
-Exit status 0 when ``GET /api/v1/health`` answers 200 with ``"status": "ok"`` (the service is up
-and its backend is known), 1 otherwise — also when a bench is unreachable (``"unavailable"``),
-since programming would fail. Standard library only. The URL comes from the first argument or
-``MEMPROG_HEALTH_URL``, default ``http://127.0.0.1:8000/api/v1/health``; ``/api/v1/health``
-needs no API key.
+Exit status 0 when ``GET /api/v1/health`` answers 200 with ``"status": "ok"`` (the service is up,
+its backend is known and its database takes records), 1 otherwise — also when a bench is
+unreachable (``"unavailable"``) or the database cannot take records (``"degraded"``: nothing is
+fired), since programming would fail. Standard library only. The URL comes from the first
+argument or ``MEMPROG_HEALTH_URL``, default ``http://127.0.0.1:8000/api/v1/health``;
+``/api/v1/health`` needs no API key.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ def main(argv: list[str]) -> int:
         print(f"memprog unhealthy: {url}: {exc}", file=sys.stderr)
         return 1
     if body.get("status") != "ok":
-        print(f"memprog unhealthy: {body.get('status')}: {body.get('unavailable')}",
-              file=sys.stderr)
+        why = body.get("unavailable") or (body.get("log") or {}).get("detail")
+        print(f"memprog unhealthy: {body.get('status')}: {why}", file=sys.stderr)
         return 1
     print(f"memprog ok: {body.get('backend')}, {body.get('queued')} queued")
     return 0

@@ -64,6 +64,9 @@ class Limits:
     """Shortest pulse width, s."""
     width_max: float = 0.1
     """Longest pulse width, s."""
+    v_read_min: float = 0.05
+    """Smallest |V| of a read, V: below it the read current sinks into the SMU's noise (at
+    1e-30 V every cell reads 0 S), and a strategy would program towards a meaningless figure."""
     v_read_max: float = 0.3
     """Largest |V| of a read, V (a read must not disturb the state)."""
     compliance: float = 1e-3
@@ -106,6 +109,7 @@ def stricter(a: Limits, b: Limits) -> Limits:
         v_reset_max=min(a.v_reset_max, b.v_reset_max),
         width_min=max(a.width_min, b.width_min),
         width_max=min(a.width_max, b.width_max),
+        v_read_min=max(a.v_read_min, b.v_read_min),
         v_read_max=min(a.v_read_max, b.v_read_max),
         compliance=min(a.compliance, b.compliance),
     )
@@ -147,9 +151,17 @@ def check_pulse(limits: Limits, voltage: np.ndarray, width: np.ndarray) -> None:
 
 
 def check_read(limits: Limits, v_read: float) -> None:
-    """Reject a read voltage beyond the limit. Raises :class:`LimitError`."""
+    """Reject a read voltage outside v_read_min ≤ |v_read| ≤ v_read_max. Raises
+    :class:`LimitError`."""
     if not np.isfinite(v_read) or v_read == 0.0:
         raise LimitError("v_read", "must be a finite, non-zero number of volts")
+    if abs(v_read) < limits.v_read_min:
+        raise LimitError(
+            "v_read",
+            f"|v_read| below v_read_min = {limits.v_read_min} V (too small a read current "
+            "to measure)",
+            limits.v_read_min,
+        )
     if abs(v_read) > limits.v_read_max:
         raise LimitError(
             "v_read",

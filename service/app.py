@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import math
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -17,7 +20,8 @@ from drivers.factory import make_backend
 from predictor import strategy as predictor_strategy
 from predictor.runtime import OutOfRangeError
 from service import metrics as metrics_module
-from service.auth import AuthState, KeyStore, require, require_by_method
+from service.auth import AuthMiddleware, AuthState, KeyStore, require, require_by_method
+from service.body_limit import BodyLimitMiddleware, default_max_body_bytes
 from service.config import Settings, load_settings
 from service.jobs import JobManager
 from service.metrics import LatencyMiddleware, MeteredStorage, Metrics
@@ -37,9 +41,16 @@ from service.routers import (
 )
 from service.routers import predictor as predictor_router
 from service.state import ServiceState
+from service.storage import LogUnavailable
 from service.validation import limit_problem
 
 API_PREFIX = "/api/v1"
+
+LOG_WATCH_S = 1.0
+"""s between checks of the operation log (a database file moved away fails it at once; a
+failed log is retried, and replays its side journal, as soon as the database takes writes)."""
+
+log = logging.getLogger("memprog.app")
 
 DESCRIPTION = """
 Programs memristor conductances on a simulated crossbar or a real bench.
@@ -75,13 +86,24 @@ def create_app(
             queue_depth=lambda: owner.queued,
             jobs=owner.storage.count_jobs,
             backend_up=lambda: owner.info is not None and owner.unavailable is None,
+            log_up=lambda: owner.storage.check() is None,
+            journal_records=lambda: owner.storage.journal_records,
         )
+        cache = app.state.auth.cache
+        await asyncio.get_running_loop().run_in_executor(None, cache.load)
+        tasks = [asyncio.create_task(cache.keep_fresh()),
+                 asyncio.create_task(_watch_log(owner))]
         # The pulse predictor: a model that cannot be loaded is reported by /health, and
         # /program's default strategy falls back to ispp; the service starts regardless.
         app.state.memprog.predictor = predictor_strategy.startup(settings.predictor.path)
         try:
             yield
         finally:
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            cache.close()
             try:
                 app.state.jobs.shutdown()  # jobs end 'interrupted', the running one between pulses
             finally:
@@ -96,6 +118,11 @@ def create_app(
     )
     app.state.metrics = metrics
     app.state.auth = AuthState(enabled=settings.auth.enabled, keys=KeyStore(settings.database))
+    # Outermost last: the latency of every answer, then the key (from the headers, before any
+    # body is read), then the body's size.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=lambda: _max_body_bytes(app, settings),
+                       body_timeout=settings.server.body_timeout_s)
+    app.add_middleware(AuthMiddleware, auth=app.state.auth)
     app.add_middleware(LatencyMiddleware, metrics=metrics)
     # Who may call what (service.auth; with authentication off everything is open). Health
     # stays open (liveness probes); jobs, emergency stop and metrics check per route.
@@ -149,6 +176,16 @@ def create_app(
         problem = limit_problem(exc)
         return JSONResponse(status_code=problem.status_code, content={"detail": problem.detail})
 
+    @app.exception_handler(LogUnavailable)
+    async def _log_unavailable(request: Request, exc: LogUnavailable) -> JSONResponse:
+        return JSONResponse(status_code=503, content={"detail": str(exc)})
+
+    @app.exception_handler(sqlite3.OperationalError)
+    async def _database(request: Request, exc: sqlite3.OperationalError) -> JSONResponse:
+        # A read of the history while the database is gone or locked: no answer to give.
+        return JSONResponse(status_code=503, content={
+            "detail": f"database unavailable: {type(exc).__name__}: {exc}"})
+
     @app.exception_handler(BackendUnavailable)
     async def _unavailable(request: Request, exc: BackendUnavailable) -> JSONResponse:
         return JSONResponse(status_code=503, content={"detail": f"backend unavailable: {exc}"})
@@ -158,6 +195,30 @@ def create_app(
         return JSONResponse(status_code=502, content={"detail": f"backend error: {exc}"})
 
     return app
+
+
+def _max_body_bytes(app: FastAPI, settings: Settings) -> int:
+    """The configured cap, or one that a request naming every cell of the array fits in."""
+    if settings.server.max_body_bytes is not None:
+        return settings.server.max_body_bytes
+    state = getattr(app.state, "memprog", None)
+    info = state.owner.info if state is not None else None
+    if info is not None:
+        return default_max_body_bytes(info.rows * info.cols)
+    if settings.backend == "sim":
+        return default_max_body_bytes(settings.sim.rows * settings.sim.cols)
+    return default_max_body_bytes(256 * 256)  # a bench not described yet
+
+
+async def _watch_log(owner: BackendOwner) -> None:
+    """Check the operation log every :data:`LOG_WATCH_S` s; bring a failed one back."""
+    while True:
+        await asyncio.sleep(LOG_WATCH_S)
+        try:
+            if owner.storage.check() is not None and not owner.closing:
+                await owner.recover_log()
+        except Exception:  # keep watching whatever happened
+            log.exception("checking the operation log failed")
 
 
 def _finite(value: object) -> object:

@@ -25,18 +25,27 @@ refuses to start bound to anything but a loopback address while it is off
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import ipaddress
+import math
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import Depends, HTTPException, Request, Security
+from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Send
+from starlette.types import Scope as ASGIScope
+
+from service.dblock import create_private
 
 Scope = Literal["read", "program", "admin"]
 SCOPES: tuple[Scope, ...] = ("read", "program", "admin")
@@ -76,20 +85,47 @@ def _hash(key: str) -> str:
 
 class KeyStore:
     """The ``api_keys`` table of the service database. Safe from any thread and any process
-    (each call opens its own connection); never touches the other tables."""
+    (each call opens its own connection); never touches the other tables.
 
-    def __init__(self, path: str | Path):
+    It opens an existing database only, and raises ``FileNotFoundError`` naming the path
+    otherwise: a typo must not leave a stray database holding keys no service reads. With
+    ``create=True`` (``memprog keys create --create``, the service's start) it makes a new one,
+    mode 0600 whatever the umask (:func:`service.dblock.create_private`)."""
+
+    def __init__(self, path: str | Path, *, create: bool = False):
         self.path = Path(path)
+        self._create_file = create
         self._ready = False
 
     def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=30)
+        if self._create_file:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            create_private(self.path)
+            conn = sqlite3.connect(self.path, timeout=30)
+        else:
+            conn = self._open_existing()
         conn.row_factory = sqlite3.Row
         if not self._ready:
-            conn.executescript(SCHEMA)
+            try:
+                conn.executescript(SCHEMA)
+            except BaseException:
+                conn.close()  # e.g. a file that is no database
+                raise
             self._ready = True
         return conn
+
+    def _open_existing(self) -> sqlite3.Connection:
+        missing = FileNotFoundError(f"no database at {self.path}")
+        if not self.path.is_file():
+            raise missing
+        # mode=rw: SQLite itself never creates the file (it may vanish after the check).
+        uri = f"{self.path.absolute().as_uri()}?mode=rw"
+        try:
+            return sqlite3.connect(uri, uri=True, timeout=30)
+        except sqlite3.OperationalError as exc:
+            if not self.path.is_file():
+                raise missing from exc
+            raise
 
     def create(self, name: str, scope: Scope) -> tuple[int, str]:
         """A new key: its id and the key itself (stored only as a hash: show it now)."""
@@ -146,6 +182,17 @@ class KeyStore:
             conn.close()
         return None if row is None else Principal(row["name"], row["scope"], row["id"])
 
+    def valid_keys(self) -> list[tuple[str, Principal]]:
+        """Every valid key as (SHA-256 hex, holder): what :class:`KeyCache` holds."""
+        conn = self._connect()
+        try:
+            rows = conn.execute(
+                "SELECT id, name, scope, hash FROM api_keys WHERE revoked IS NULL"
+            ).fetchall()
+        finally:
+            conn.close()
+        return [(row["hash"], Principal(row["name"], row["scope"], row["id"])) for row in rows]
+
     def count_valid(self) -> int:
         conn = self._connect()
         try:
@@ -181,15 +228,166 @@ def exposure_problem(auth_enabled: bool, host: str) -> str | None:
     )
 
 
+# --------------------------------------------------------------------------- the key cache
+
+
+KEY_REFRESH_S = 2.0
+"""s between reloads of the valid keys: a revoked key stops working within about this."""
+
+MISS_REFRESH_S = 0.25
+"""s: an unknown key makes the cache reload at most this often (a new key works at once, a
+flood of made-up keys costs at most four small queries a second)."""
+
+MISS_WAIT_S = 1.0
+"""s a request with a key the cache does not know waits at most for that reload."""
+
+
+class KeyCache:
+    """The valid keys, in memory: what authenticates requests.
+
+    The request path never waits on the database for a key the service already knows, so a
+    database that is slow, locked, full or gone cannot block the emergency stop (it authenticates
+    from here). The cache is reloaded every :data:`KEY_REFRESH_S` s and, for a key it does not
+    know, at most every :data:`MISS_REFRESH_S` s. A reload that fails keeps the keys known
+    before (``error`` says why); the key store never creates a database file.
+    """
+
+    def __init__(self, store: KeyStore):
+        self.store = store
+        self._by_hash: dict[str, Principal] = {}
+        self._ids: frozenset[int] = frozenset()
+        self._loaded_at = -math.inf  # time.monotonic() of the last successful reload
+        self._tried_at = -math.inf
+        self._reload: asyncio.Future | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="key-cache")
+        self.error: str | None = None
+
+    def load(self) -> None:
+        """Reload now, on this thread."""
+        self._tried_at = time.monotonic()
+        try:
+            keys = self.store.valid_keys()
+        except (sqlite3.Error, OSError) as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            return
+        self._by_hash = dict(keys)
+        self._ids = frozenset(p.key_id for _, p in keys if p.key_id is not None)
+        self._loaded_at, self.error = time.monotonic(), None
+
+    async def reload(self) -> None:
+        """Reload on the cache's own thread (one reload at a time; callers share it)."""
+        if self._reload is None or self._reload.done():
+            loop = asyncio.get_running_loop()
+            self._reload = asyncio.wrap_future(self._executor.submit(self.load), loop=loop)
+        await asyncio.shield(self._reload)
+
+    def known(self, key: str) -> Principal | None:
+        return self._by_hash.get(_hash(key))
+
+    def still_valid(self, principal: Principal) -> bool:
+        """Is the key of ``principal`` still valid (as of the last reload)?"""
+        return principal.key_id is None or principal.key_id in self._ids
+
+    async def lookup(self, key: str) -> Principal | None:
+        """The holder of ``key``; for a key not known yet, after a bounded reload."""
+        principal = self.known(key)
+        if principal is not None:
+            return principal
+        asked = time.monotonic()
+        try:
+            async with asyncio.timeout(MISS_WAIT_S):
+                await asyncio.sleep(max(0.0, MISS_REFRESH_S - (asked - self._tried_at)))
+                if self._tried_at < asked:  # nobody reloaded since this request came
+                    await self.reload()
+        except TimeoutError:
+            pass
+        return self.known(key)
+
+    async def keep_fresh(self) -> None:
+        """Reload every :data:`KEY_REFRESH_S` s until cancelled (a task of the service)."""
+        while True:
+            await asyncio.sleep(KEY_REFRESH_S)
+            await self.reload()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
 # ------------------------------------------------------------------------------ dependencies
 
 
 @dataclass
 class AuthState:
-    """What the dependencies need: on or off, and where the keys are."""
+    """What the middleware and the dependencies need: on or off, and the keys."""
 
     enabled: bool
     keys: KeyStore
+    cache: KeyCache | None = None
+
+    def __post_init__(self) -> None:
+        if self.cache is None:
+            self.cache = KeyCache(self.keys)
+
+
+OPEN_PATHS = frozenset({
+    "/api/v1/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/",
+    "/dashboard", "/favicon.ico",
+})
+"""Paths served without a key: liveness probes, documentation, the dashboard page (which asks
+for a key itself)."""
+
+OPEN_PREFIXES = ("/static/",)
+
+_PRINCIPAL = "memprog.principal"  # where the middleware leaves the caller, in the ASGI scope
+
+
+class AuthMiddleware:
+    """Authenticates every request but the open ones *before* its body is read.
+
+    A request without a valid key is answered 401 from its headers alone: an anonymous client
+    cannot make the service parse (and hold in memory) a large body. The caller found is left
+    in the scope for the scope checks of the routes (:func:`require`). Keys come from the
+    :class:`KeyCache`, never from a database query per request.
+    """
+
+    def __init__(self, app: ASGIApp, auth: AuthState):
+        self.app = app
+        self.auth = auth
+
+    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
+        if (scope["type"] != "http" or not self.auth.enabled
+                or scope["path"] in OPEN_PATHS or scope["path"].startswith(OPEN_PREFIXES)):
+            await self.app(scope, receive, send)
+            return
+        authorization = Headers(scope=scope).get("authorization")
+        try:
+            scope[_PRINCIPAL] = await _authenticate(self.auth, authorization)
+        except HTTPException as exc:
+            response = JSONResponse({"detail": exc.detail}, exc.status_code, exc.headers)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(
+        status_code=401,
+        detail=detail,
+        headers={"WWW-Authenticate": 'ApiKey realm="memprog", Bearer realm="memprog"'},
+    )
+
+
+async def _authenticate(auth: AuthState, authorization: str | None) -> Principal:
+    if not authorization:
+        raise _unauthorized("an API key is needed: Authorization: ApiKey <key> (or Bearer <key>)")
+    scheme, _, key = authorization.strip().partition(" ")
+    if scheme.lower() not in ("apikey", "bearer") or not key.strip():
+        raise _unauthorized("Authorization must be 'ApiKey <key>' or 'Bearer <key>'")
+    assert auth.cache is not None
+    principal = await auth.cache.lookup(key.strip())
+    if principal is None:
+        raise _unauthorized("unknown or revoked API key")
+    return principal
 
 
 _header = APIKeyHeader(
@@ -201,38 +399,27 @@ _header = APIKeyHeader(
 )
 
 
-def _unauthorized(detail: str) -> HTTPException:
-    return HTTPException(
-        status_code=401,
-        detail=detail,
-        headers={"WWW-Authenticate": 'ApiKey realm="memprog", Bearer realm="memprog"'},
-    )
-
-
-def _principal(request: Request, authorization: str | None) -> Principal:
+async def _principal(request: Request, authorization: str | None) -> Principal:
     auth: AuthState = request.app.state.auth
     if not auth.enabled:
         return OPEN
-    if not authorization:
-        raise _unauthorized("an API key is needed: Authorization: ApiKey <key> (or Bearer <key>)")
-    scheme, _, key = authorization.strip().partition(" ")
-    if scheme.lower() not in ("apikey", "bearer") or not key.strip():
-        raise _unauthorized("Authorization must be 'ApiKey <key>' or 'Bearer <key>'")
-    principal = auth.keys.verify(key.strip())
-    if principal is None:
-        raise _unauthorized("unknown or revoked API key")
+    principal = request.scope.get(_PRINCIPAL)
+    if principal is None:  # an open path that checks a scope anyway
+        principal = await _authenticate(auth, authorization)
+        request.scope[_PRINCIPAL] = principal
     request.state.principal = principal
     return principal
 
 
-def require(scope: Scope | None) -> Callable[..., Principal]:
+def require(scope: Scope | None) -> Callable[..., Awaitable[Principal]]:
     """A dependency: the caller's :class:`Principal`, refusing (401/403) a caller without a
-    valid key of at least ``scope`` (``None``: any valid key)."""
+    valid key of at least ``scope`` (``None``: any valid key). Async and I/O-free: it never
+    takes a worker thread (the emergency stop depends on it)."""
 
-    def dependency(
+    async def dependency(
         request: Request, authorization: Annotated[str | None, Security(_header)] = None
     ) -> Principal:
-        principal = _principal(request, authorization)
+        principal = await _principal(request, authorization)
         if scope is not None and _RANK[principal.scope] < _RANK[scope]:
             raise HTTPException(
                 status_code=403,
@@ -245,14 +432,14 @@ def require(scope: Scope | None) -> Callable[..., Principal]:
     return dependency
 
 
-def require_by_method(scopes: dict[str, Scope]) -> Callable[..., Principal]:
+def require_by_method(scopes: dict[str, Scope]) -> Callable[..., Awaitable[Principal]]:
     """A dependency for a router whose routes differ by method, e.g. ``{"GET": "read",
     "POST": "admin"}``; a method not named needs ``admin``."""
 
-    def dependency(
+    async def dependency(
         request: Request, authorization: Annotated[str | None, Security(_header)] = None
     ) -> Principal:
-        return require(scopes.get(request.method, "admin"))(request, authorization)
+        return await require(scopes.get(request.method, "admin"))(request, authorization)
 
     return dependency
 

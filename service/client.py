@@ -174,10 +174,16 @@ class MemprogClient:
             if not response.is_success:
                 response.read()
                 _raise_for(response)
+            event = "progress"
             for line in response.iter_lines():
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError(f"job {job_id} still running after {timeout} s")
-                if line.startswith("data:"):
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:") and event == "error":
+                    # the service ended the stream, e.g. its key was revoked
+                    raise MemprogError(401, json.loads(line[5:]))
+                elif line.startswith("data:"):
                     record = JobRecord.model_validate(json.loads(line[5:]))
                     yield record
                     if record.status in JOB_TERMINAL:

@@ -68,6 +68,9 @@ class LimitsSettings(BaseModel):
     v_reset_max: float = Field(1.3, gt=0, description="Largest V of a RESET (positive) pulse, V.")
     width_min: float = Field(1e-9, gt=0, description="Shortest pulse width, s.")
     width_max: float = Field(0.1, gt=0, description="Longest pulse width, s.")
+    v_read_min: float = Field(
+        0.05, gt=0, description="Smallest |V| of a read, V (below it a read measures noise)."
+    )
     v_read_max: float = Field(0.3, gt=0, description="Largest |V| of a read, V.")
     compliance: float = Field(1e-3, gt=0, description="Current compliance of reads, A.")
 
@@ -75,6 +78,10 @@ class LimitsSettings(BaseModel):
     def _width_range(self) -> LimitsSettings:
         if self.width_min > self.width_max:
             raise ValueError(f"width_min {self.width_min} s exceeds width_max {self.width_max} s")
+        if self.v_read_min > self.v_read_max:
+            raise ValueError(
+                f"v_read_min {self.v_read_min} V exceeds v_read_max {self.v_read_max} V"
+            )
         return self
 
     def to_limits(self) -> Limits:
@@ -82,12 +89,57 @@ class LimitsSettings(BaseModel):
 
 
 class ServerSettings(BaseModel):
-    """Where ``memprog serve`` listens (``MEMPROG_SERVER__*``); CLI flags override."""
+    """Where ``memprog serve`` listens (``MEMPROG_SERVER__*``; CLI flags override) and how many
+    client connections it keeps, for how long (:mod:`service.connections`)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     host: str = Field("127.0.0.1", description="Interface to bind; loopback by default.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port.")
+    max_body_bytes: int | None = Field(
+        None,
+        ge=1024,
+        description="Largest request body, bytes; larger ones are refused (413) before they "
+        "are read. Default: 1 MiB + 128 bytes per cell of the array, so a request naming "
+        "every cell fits.",
+    )
+    max_connections: int | None = Field(
+        None,
+        ge=1,
+        description="Most client (TCP) connections open at once, connections. At the limit a "
+        "new one closes the connection idle longest (no request in flight: never a job's "
+        "progress stream or a download), or is answered 503 if every one has a request. "
+        "Default: 1000, or fewer if the file descriptor limit (RLIMIT_NOFILE, raised to its "
+        "hard limit at start) minus a reserve of 3 × backlog + 64 descriptors is lower; a "
+        "value beyond that budget refuses to start.",
+    )
+    backlog: int = Field(
+        128,
+        ge=1,
+        le=4096,
+        description="Connections the kernel queues until they are accepted, connections; also "
+        "the most accepted at once, so 3 × backlog descriptors are kept in reserve.",
+    )
+    header_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="Time a connection has to send complete request headers, s: counted from "
+        "when it opens and from the first byte of each later request; then it is closed.",
+    )
+    keep_alive_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="Time an idle keep-alive connection stays open between requests, s.",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Time a request body may go without a new chunk arriving, s; then the "
+        "request is refused (408) and its connection freed.",
+    )
 
 
 class ProgrammingSettings(BaseModel):
@@ -95,9 +147,19 @@ class ProgrammingSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    v_read: float = Field(0.2, description="Default read voltage, V.")
+    v_read: float = Field(
+        0.2, description="Default read voltage, V (within limits.v_read_min … v_read_max)."
+    )
     max_pulses_cap: int = Field(
         1000, ge=1, description="Largest max_pulses a /program request may ask for."
+    )
+    read_current_floor: float = Field(
+        1e-9,
+        gt=0,
+        description="Smallest |read current| the programming loop trusts, A: a cell reading "
+        "less (an open contact, a dead device) is stopped, never pulsed blind. The default is "
+        "four decades below the smallest device current at the lowest read voltage (≈ 94 µS × "
+        "0.05 V ≈ 5 µA) and well above a 2450's noise on its 10 nA range.",
     )
 
 
@@ -126,6 +188,41 @@ class AuthSettings(BaseModel):
     )
 
 
+class ExportSettings(BaseModel):
+    """``GET /export`` (``MEMPROG_EXPORTS__*``, :mod:`service.exports`): exports run on their own
+    few threads, a bounded number at a time, and never hold the database or a slow client's
+    connection for long."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    workers: int = Field(
+        2, ge=1, le=64,
+        description="Threads that do the exports' database and file work, threads (their own: "
+        "exports never take the threads the rest of the service runs on).",
+    )
+    max_in_progress: int = Field(
+        4, ge=1, le=1024,
+        description="Exports in progress at once, exports (from the request to the last byte "
+        "sent); one more is refused at once (429 with Retry-After).",
+    )
+    send_timeout_s: float = Field(
+        30.0, gt=0, le=3600,
+        description="Time a send of an export may go without the client taking data, s; then "
+        "the response is ended (the client sees a truncated transfer) and its slot freed.",
+    )
+    page_rows: int = Field(
+        5000, ge=100, le=1_000_000,
+        description="Operations a CSV export reads per page, rows; each page is its own short "
+        "read of the database.",
+    )
+    temp_dir: Path | None = Field(
+        None,
+        description="Directory of an HDF5 export's temporary files (a copy of the database, "
+        "then the HDF5 file; both removed at once); needs room for both. "
+        "Default: the system's temporary directory.",
+    )
+
+
 class Settings(BaseSettings):
     """Everything the service needs; see the module docstring for the sources."""
 
@@ -151,6 +248,7 @@ class Settings(BaseSettings):
     programming: ProgrammingSettings = Field(default_factory=ProgrammingSettings)
     predictor: PredictorSettings = Field(default_factory=PredictorSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    exports: ExportSettings = Field(default_factory=ExportSettings)
 
     @model_validator(mode="after")
     def _bench_config_for_visa(self) -> Settings:
@@ -160,11 +258,17 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _default_read_within_limits(self) -> Settings:
-        v = self.programming.v_read
-        if v == 0 or not math.isfinite(v) or abs(v) > self.limits.v_read_max:
+        v, lo, hi = self.programming.v_read, self.limits.v_read_min, self.limits.v_read_max
+        if not math.isfinite(v) or not lo <= abs(v) <= hi:
             raise ValueError(
-                f"programming.v_read = {v} V: the default read voltage must be non-zero and "
-                f"within limits.v_read_max = {self.limits.v_read_max} V"
+                f"programming.v_read = {v} V: the default read voltage's magnitude must lie "
+                f"within limits.v_read_min = {lo} V … limits.v_read_max = {hi} V"
+            )
+        floor = self.programming.read_current_floor
+        if floor >= self.limits.compliance:
+            raise ValueError(
+                f"programming.read_current_floor = {floor} A must be below limits.compliance "
+                f"= {self.limits.compliance} A (no reading could be trusted)"
             )
         return self
 

@@ -1,4 +1,7 @@
-"""FastAPI dependencies: the service state, its settings and its storage, per request."""
+"""FastAPI dependencies: the service state, its settings and its storage, per request.
+
+All ``async`` and free of I/O: a plain ``def`` dependency runs on AnyIO's shared worker
+threads, which long requests (exports) could fill — and the emergency stop depends on these."""
 
 from __future__ import annotations
 
@@ -11,15 +14,15 @@ from service.state import ServiceState
 from service.storage import Storage
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
     return request.app.state.memprog
 
 
-def get_settings(state: Annotated[ServiceState, Depends(get_state)]) -> Settings:
+async def get_settings(state: Annotated[ServiceState, Depends(get_state)]) -> Settings:
     return state.settings
 
 
-def get_storage(state: Annotated[ServiceState, Depends(get_state)]) -> Storage:
+async def get_storage(state: Annotated[ServiceState, Depends(get_state)]) -> Storage:
     return state.storage
 
 

@@ -5,7 +5,8 @@ Layout (G: group, D: dataset; SI units, each dataset saying its own)::
     [G] /                          attrs: format, format_version, memprog_version, created
      │                                    (Unix s), created_iso, backend, rows, cols
      │                                    (and ArC TWO's words, bits), run_id (-1: all
-     │                                    runs), operations, sign_convention
+     │                                    runs), operations, last_operation_id (the log's
+     │                                    last id when it was copied), sign_convention
      ├── [G] crosspoints
      │    │                       attrs: fields, units, descriptions (of every timeseries,
      │    │                       once: per-dataset copies cost ~40 % of a large export)
@@ -43,7 +44,10 @@ backend         —        HDF5 enum: simulated = 0, hardware = 1
 ==============  =======  =================================================================
 
 The file is written to a real (seekable) file — HDF5 cannot be produced as a byte stream — one
-cell at a time from SQLite ordered by cell, so memory stays bounded by one cell's history. The
+cell at a time from SQLite ordered by cell, so memory stays bounded by one cell's history. That
+read is one query over the whole log (there is no index to page by cell): the service writes
+from a copy (:class:`service.storage.Snapshot`, :mod:`service.exports`), never holding the live
+database for the minutes a large export takes. The
 time series hold fixed-size fields only (the rare notes are in ``/notes``): a variable-length
 field would give every cell's dataset its own global-heap collection (≥ 4 KiB each), which made
 a 256×256 export hundreds of MB and minutes long.
@@ -60,7 +64,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from service.storage import OPERATION_COLUMNS, Storage
+from service.storage import OPERATION_COLUMNS, Snapshot, Storage
 
 FORMAT = "memprog-hdf5"
 FORMAT_VERSION = 1
@@ -222,7 +226,7 @@ class _Lowlevel:
 
 
 def write_hdf5(
-    storage: Storage,
+    storage: Storage | Snapshot,
     path: str | Path,
     *,
     rows: int,
@@ -233,7 +237,8 @@ def write_hdf5(
     """Writes the log (or one run's operations) to ``path``; returns the operations written.
 
     ``rows``/``cols`` are the array's geometry (the crossbar maps grow if the log holds a cell
-    beyond it); ``backend`` (simulated | hardware) is what the service drives now.
+    beyond it); ``backend`` (simulated | hardware) is what the service drives now. ``storage``
+    is read in one long read: pass a :class:`~service.storage.Snapshot` of a live log.
     """
     created = time.time()
     with h5py.File(path, "w", libver=("v110", "latest")) as h5:
@@ -246,6 +251,7 @@ def write_hdf5(
         attrs["created_iso"] = datetime.fromtimestamp(created, UTC).isoformat()
         attrs["backend"] = backend
         attrs["run_id"] = -1 if run_id is None else run_id
+        attrs["last_operation_id"] = storage.last_operation_id()
         attrs["sign_convention"] = "SET (conductance rises) at negative voltage, RESET at positive"
         attrs["units"] = "SI: V, s, S, A; times are Unix time in s"
         crosspoints = h5.create_group("crosspoints")

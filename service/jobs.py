@@ -13,7 +13,8 @@ every batched pulse whether to stop. Its record lives in SQLite (table ``jobs``)
 * a graceful shutdown stops a running job between pulses and marks it ``interrupted`` too.
 
 Status: ``queued`` → ``running`` → ``completed`` | ``failed`` | ``aborted`` | ``interrupted``
-(``queued`` → ``aborted`` when aborted before it ran). An abort (``POST /jobs/{id}/abort``, or
+(``queued`` → ``aborted`` when aborted before it ran); an end is final (the database and the
+in-memory record both keep it). An abort (``POST /jobs/{id}/abort``, or
 an emergency stop for every job) takes effect before the job's next pulse.
 """
 
@@ -118,6 +119,9 @@ class JobManager:
         self._lock = threading.Lock()  # guards _active and each _Job (loop and owner threads)
         self._submit = asyncio.Lock()  # database ids in submission (= FIFO) order
         self._tasks: set[asyncio.Task] = set()
+        # Rows of jobs whose latest state went to the side journal (the log failed): what
+        # /jobs shows for them until the database has taken it.
+        self._unstored: dict[int, dict] = {}
 
     # --- requests (event loop) ---------------------------------------------------------------
 
@@ -159,17 +163,29 @@ class JobManager:
         with self._lock:
             return job_record(dict(handle.row))
 
+    def _unstored_row(self, job_id: int) -> dict | None:
+        with self._lock:
+            if self.storage.failure is None and self.storage.journal_records == 0:
+                self._unstored.clear()  # the database has it all again
+            return self._unstored.get(job_id)
+
     async def get(self, job_id: int) -> JobRecord | None:
-        row = await asyncio.to_thread(self.storage.get_job, job_id)
-        if row is None:
-            return None
+        # An active job's row is kept in step with the stored one: no query (nor a failing
+        # one while the database is gone).
         with self._lock:
             handle = self._active.get(job_id)
+            row = dict(handle.row) if handle is not None else None
             requested = handle is not None and handle.abort is not None
+        row = row or self._unstored_row(job_id)
+        if row is None:
+            row = await asyncio.to_thread(self.storage.get_job, job_id)
+        if row is None:
+            return None
         return job_record(row, requested)
 
     async def list(self, limit: int, offset: int) -> list[JobRecord]:
         rows = await asyncio.to_thread(self.storage.list_jobs, limit, offset)
+        rows = [self._unstored_row(row["id"]) or row for row in rows]
         with self._lock:
             requested = {i for i, h in self._active.items() if h.abort is not None}
         return [job_record(row, row["id"] in requested) for row in rows]
@@ -327,7 +343,13 @@ class JobManager:
         """Any thread, after the database: keep the in-memory row in step with the stored one,
         publish it; a job that ended is no longer active (its record is the stored one)."""
         with self._lock:
+            if handle.row["status"] in TERMINAL:
+                # An end is final, here as in the database (its trigger skips the write too):
+                # nothing after it is applied or published.
+                return
             handle.row.update(fields)
+            if self.storage.failure is not None:
+                self._unstored[handle.id] = dict(handle.row)
             record = job_record(handle.row, handle.abort is not None)
             subscribers = list(handle.subscribers)
             if record.status in TERMINAL:

@@ -2,12 +2,19 @@
 
 The keys live in the service database (``database`` in the settings, or ``--database``); a
 running service sees a new or revoked key at its next request, no restart needed.
+
+Every command opens an existing database only: a path that names none (a typo, the wrong
+working directory for a relative one) is an error naming it, exit status 2, and nothing is
+created — not a stray empty database that would then receive keys no service reads.
+``keys create --create`` makes a new database (mode 0600) for a service not started yet.
 """
 
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,22 +41,52 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="read: GET endpoints, /read, progress, metrics; program: also pulse, program, "
         "jobs; admin: everything",
     )
-    create.set_defaults(func=_create)
+    create.add_argument(
+        "--create",
+        dest="create_database",
+        action="store_true",
+        help="make the database if it does not exist yet (without this a path that names no "
+        "database is an error)",
+    )
+    create.set_defaults(func=_guarded(_create))
 
     listing = keys_sub.add_parser("list", parents=[where], help="list the keys (never the keys)")
-    listing.set_defaults(func=_list)
+    listing.set_defaults(func=_guarded(_list))
 
     revoke = keys_sub.add_parser("revoke", parents=[where], help="revoke a key by its id")
     revoke.add_argument("id", type=int, help="key id (memprog keys list)")
-    revoke.set_defaults(func=_revoke)
+    revoke.set_defaults(func=_guarded(_revoke))
 
 
 def _store(args: argparse.Namespace) -> KeyStore:
+    create = getattr(args, "create_database", False)
     if args.database is not None:
-        return KeyStore(Path(args.database))
+        return KeyStore(Path(args.database), create=create)
     from service.config import load_settings
 
-    return KeyStore(load_settings(args.config).database)
+    return KeyStore(load_settings(args.config).database, create=create)
+
+
+def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``command``, with a database that is missing or is none refused (exit status 2)."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except FileNotFoundError as exc:
+            print(
+                f"memprog keys {args.keys}: {exc}; nothing was created. Check --database / "
+                "--config (a relative path is from the current directory), or make a new "
+                "database with `memprog keys create --create ...`",
+                file=sys.stderr,
+            )
+        except sqlite3.DatabaseError as exc:
+            where = args.database if args.database is not None else "the settings' database"
+            print(f"memprog keys {args.keys}: {where} is no usable memprog database: {exc}",
+                  file=sys.stderr)
+        return 2
+
+    return run
 
 
 def _create(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -27,7 +28,10 @@ def memprog_command() -> list[str]:
 
 
 class ServerProcess:
-    """``memprog serve`` on 127.0.0.1:<free port> with extra ``MEMPROG_*`` environment."""
+    """``memprog serve`` on 127.0.0.1:<free port> with extra ``MEMPROG_*`` environment.
+
+    ``nofile``: the child's RLIMIT_NOFILE, soft and hard (so the service cannot raise it), to
+    run it under a given file-descriptor limit; default: inherited."""
 
     def __init__(
         self,
@@ -36,6 +40,7 @@ class ServerProcess:
         config: str | Path | None = None,
         log_path: str | Path | None = None,
         startup_timeout: float = 60.0,
+        nofile: int | None = None,
     ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -43,6 +48,7 @@ class ServerProcess:
         self._config = config
         self._log_path = Path(log_path) if log_path is not None else None
         self._startup_timeout = startup_timeout
+        self._nofile = nofile
         self.process: subprocess.Popen | None = None
         self._log = None
 
@@ -58,7 +64,8 @@ class ServerProcess:
             command += ["--config", str(self._config)]
         self._log = open(self._log_path, "wb") if self._log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(
-            command, env=self._env, stdout=self._log, stderr=subprocess.STDOUT
+            command, env=self._env, stdout=self._log, stderr=subprocess.STDOUT,
+            preexec_fn=self._limit_files if self._nofile is not None else None,
         )
         deadline = time.monotonic() + self._startup_timeout
         while time.monotonic() < deadline:
@@ -72,6 +79,10 @@ class ServerProcess:
             time.sleep(0.1)
         self.stop()
         raise TimeoutError(f"memprog serve did not answer within {self._startup_timeout} s")
+
+    def _limit_files(self) -> None:
+        """In the child, before exec."""
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self._nofile, self._nofile))
 
     def peak_rss_bytes(self) -> int | None:
         return peak_rss_bytes(self.pid)

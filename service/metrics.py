@@ -17,13 +17,15 @@ service fired is counted once, whichever route fired it:
 
 and read at scrape time: ``memprog_queue_depth`` (backend operations waiting or running),
 ``memprog_jobs{status}`` (stored jobs per status), ``memprog_backend_up`` (1 while the backend
-is described and reachable).
+is described and reachable), ``memprog_log_up`` (1 while the database takes records; 0: nothing
+is fired) and ``memprog_log_journal_records`` (records waiting in the side journal).
 
 Each app has its own registry (several apps may live in one process, as in the tests).
 """
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -103,10 +105,11 @@ class Metrics:
 
     def watch(
         self, queue_depth: Callable[[], int], jobs: Callable[[], dict[str, int]],
-        backend_up: Callable[[], bool],
+        backend_up: Callable[[], bool], log_up: Callable[[], bool] = lambda: True,
+        journal_records: Callable[[], int] = lambda: 0,
     ) -> None:
         """What the scrape-time gauges read (set once the service has started)."""
-        self._state.sources = (queue_depth, jobs, backend_up)
+        self._state.sources = (queue_depth, jobs, backend_up, log_up, journal_records)
 
     def exposition(self) -> bytes:
         from prometheus_client import generate_latest
@@ -116,26 +119,40 @@ class Metrics:
 
 class _StateCollector(Collector):
     def __init__(self) -> None:
-        self.sources: tuple[Callable, Callable, Callable] | None = None
+        self.sources: tuple[Callable, ...] | None = None
 
     def collect(self) -> Iterator[Metric]:
         if self.sources is None:
             return
-        queue_depth, jobs, backend_up = self.sources
+        queue_depth, jobs, backend_up, log_up, journal_records = self.sources
         yield GaugeMetricFamily(
             "memprog_queue_depth", "Backend operations waiting or running.", value=queue_depth()
         )
         by_status = GaugeMetricFamily(
             "memprog_jobs", "Stored programming jobs per status.", labels=["status"]
         )
-        counts = jobs()
-        for status in JOB_STATUSES:
-            by_status.add_metric([status], counts.get(status, 0))
-        yield by_status
+        try:
+            counts = jobs()
+        except sqlite3.Error:  # the database is gone: memprog_log_up says so
+            counts = None
+        if counts is not None:
+            for status in JOB_STATUSES:
+                by_status.add_metric([status], counts.get(status, 0))
+            yield by_status
         yield GaugeMetricFamily(
             "memprog_backend_up",
             "1 while the backend is described and reachable, else 0.",
             value=1.0 if backend_up() else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "memprog_log_up",
+            "1 while the operation log (the database) takes records, else 0: nothing is fired.",
+            value=1.0 if log_up() else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "memprog_log_journal_records",
+            "Records kept in the side journal, waiting for the database to take them.",
+            value=journal_records(),
         )
 
 
@@ -154,6 +171,10 @@ class MeteredStorage(Storage):
     def record_pulse(self, rows, *args, **kwargs) -> None:
         super().record_pulse(rows, *args, **kwargs)
         self.metrics.pulses.inc(len(np.asarray(rows)))
+
+    def settle_pulses(self, first_id: int, n: int, fired: int, uncertain: bool = False) -> None:
+        super().settle_pulses(first_id, n, fired, uncertain)
+        self.metrics.pulses.inc(max(0, min(int(fired), n)))
 
     def start_run(self, params: RunParams) -> int:
         run_id = super().start_run(params)

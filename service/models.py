@@ -1,5 +1,14 @@
 """The API contract: request and response models of ``/api/v1``. SI units in every field.
 
+Request fields are strict (:data:`Number`, :data:`Index`, ``StrictBool``): a JSON boolean or
+string is never taken for a number of volts, seconds or siemens, a non-integral number or a
+boolean never for an index or a count, a number or string never for a boolean — each is a 422
+naming the field, before anything is queued (``"voltage": true`` used to fire +1.0 V). An
+integral number stays a valid physical quantity (JSON has no separate float type: ``"voltage":
+1`` is 1 V). The strictness is per field, not model-wide: FastAPI validates the parsed JSON in
+Python mode, where a strict model would refuse a JSON array for a tuple such as :data:`Cell`.
+Response models are not strict (they are built by the service).
+
 Geometry-dependent checks (a cell inside the array, a voltage within the deployment's limits)
 cannot live here — the models do not know the array — and happen in :mod:`service.validation`,
 answering with the same 422 error shape as the checks below.
@@ -10,9 +19,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool, model_validator
 
-Index = Annotated[int, Field(ge=0, lt=2**31, description="Zero-based index.")]
+Number = Annotated[float, Strict()]
+"""A JSON number (an integral one too): never a boolean, never a string."""
+Index = Annotated[int, Strict(), Field(ge=0, lt=2**31, description="Zero-based index.")]
+"""A JSON integer: never a boolean, a string or a number with a fraction part (1.0 included)."""
 Cell = Annotated[
     tuple[Index, Index],
     Field(description="A cell as [row, col], zero-based word-line and bit-line indices."),
@@ -22,6 +34,13 @@ Cell = Annotated[
 class _Model(BaseModel):
     # Unknown fields are errors: a typo ("voltag") must not be silently ignored.
     model_config = ConfigDict(extra="forbid")
+
+
+V_READ_RANGE = (
+    "Its magnitude must lie within the limits v_read_min … v_read_max (GET /array: limits; "
+    "by default 0.05 V … 0.3 V), either sign; outside them: 422 naming the limit."
+)
+"""The range of every request's read voltage, stated in its field description."""
 
 
 # ------------------------------------------------------------------------------------- errors
@@ -45,12 +64,27 @@ class ErrorResponse(BaseModel):
 # ------------------------------------------------------------------------------------- health
 
 
-class HealthResponse(BaseModel):
-    status: Literal["ok", "unavailable"] = Field(
-        description="'ok': the service answers and its backend is known; 'unavailable': the "
-        "service answers but its bench could not be reached (at start, or its last operation "
-        "failed to reach it and a new attempt failed too; requests answer 503)."
+class LogHealth(BaseModel):
+    state: Literal["ok", "failed"] = Field(
+        description="'ok': the database takes records; 'failed': it does not (full disk, file "
+        "moved away, read-only): nothing is fired until it does (503 'log unavailable')."
     )
+    detail: str | None = Field(None, description="Why the log failed, else null.")
+    journal_records: int = Field(
+        description="Records kept in the side journal (what was under way when the log failed), "
+        "replayed into the database once it takes writes again."
+    )
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "unavailable", "degraded"] = Field(
+        description="'ok': the service answers, its backend is known and its log takes "
+        "records; 'unavailable': the service answers but its bench could not be reached (at "
+        "start, or its last operation failed to reach it and a new attempt failed too; "
+        "requests answer 503); 'degraded': the operation log (database) cannot take records, "
+        "so nothing is fired (see log); the emergency stop works in every state."
+    )
+    log: LogHealth = Field(description="The operation log (the database) and its side journal.")
     backend: Literal["simulated", "hardware"] = Field(
         description="The kind of backend being programmed."
     )
@@ -75,6 +109,9 @@ class LimitsModel(BaseModel):
     v_reset_max: float = Field(description="Largest V of a RESET (positive) pulse, V.")
     width_min: float = Field(description="Shortest pulse width, s.")
     width_max: float = Field(description="Longest pulse width, s.")
+    v_read_min: float = Field(
+        description="Smallest |V| of a read, V (below it the read current is noise)."
+    )
     v_read_max: float = Field(description="Largest |V| of a read, V.")
     compliance: float = Field(description="Current compliance of reads, A.")
 
@@ -103,9 +140,13 @@ class ReadRequest(_Model):
         description="Cells to read as [[row, col], ...]; or give all=true instead.",
         examples=[[[0, 0], [0, 1]]],
     )
-    all: bool = Field(False, description="Read every cell of the array (instead of cells).")
-    v_read: float | None = Field(
-        None, description="Read voltage, V (default: the service's v_read, normally 0.2 V)."
+    all: StrictBool = Field(
+        False, description="Read every cell of the array (instead of cells)."
+    )
+    v_read: Number | None = Field(
+        None,
+        description="Read voltage, V (default: the service's v_read, normally 0.2 V). "
+        + V_READ_RANGE,
     )
 
     @model_validator(mode="after")
@@ -137,16 +178,18 @@ class PulseRequest(_Model):
     cells: list[Cell] = Field(
         min_length=1, description="Cells to pulse as [[row, col], ...], each at most once."
     )
-    voltage: float | list[float] = Field(
+    voltage: Number | list[Number] = Field(
         description="Pulse amplitude, V: one value for all cells or one per cell. Negative "
         "SETs (conductance rises), positive RESETs.",
         examples=[-0.45],
     )
-    width: float | list[float] = Field(
+    width: Number | list[Number] = Field(
         description="Pulse width, s: one value for all cells or one per cell.", examples=[1e-7]
     )
-    read_after: bool = Field(False, description="Read the pulsed cells afterwards.")
-    v_read: float | None = Field(None, description="Read voltage of read_after, V.")
+    read_after: StrictBool = Field(False, description="Read the pulsed cells afterwards.")
+    v_read: Number | None = Field(
+        None, description=f"Read voltage of read_after, V (default: the service's). {V_READ_RANGE}"
+    )
 
 
 class AppliedPulse(BaseModel):
@@ -169,7 +212,7 @@ class PulseResponse(BaseModel):
 class Target(_Model):
     row: Index = Field(description="Row index.")
     col: Index = Field(description="Column index.")
-    conductance: float = Field(gt=0, description="Target conductance at v_read, S.")
+    conductance: Number = Field(gt=0, description="Target conductance at v_read, S.")
 
 
 class ProgrammingFields(_Model):
@@ -180,29 +223,33 @@ class ProgrammingFields(_Model):
         description="Cells and their target conductances (S), each cell at most once; up to "
         "the whole array.",
     )
-    tolerance: float = Field(
+    tolerance: Number = Field(
         0.02,
         gt=0,
         lt=1,
         description="Convergence band relative to the target: |G − target| ≤ tolerance·target.",
     )
-    max_pulses: int = Field(20, ge=1, description="Pulse budget per cell.")
+    max_pulses: Annotated[int, Strict()] = Field(20, ge=1, description="Pulse budget per cell.")
     strategy: str | None = Field(
         None,
         description="Programming strategy (see GET /array: strategies); null for the default.",
     )
-    verify: bool = Field(
+    verify: StrictBool = Field(
         True,
         description="true: write and verify until converged or out of budget. false: one shot — "
         "read each cell once, fire exactly one pulse per cell, no verify (final is null).",
     )
-    v_read: float | None = Field(None, description="Read voltage, V (default: the service's).")
+    v_read: Number | None = Field(
+        None, description=f"Read voltage, V (default: the service's). {V_READ_RANGE}"
+    )
 
 
 class ProgramRequest(ProgrammingFields):
     """Program cells to target conductances: write and verify, or one shot."""
 
-    trace: bool = Field(False, description="Return every pulse of every cell with its result.")
+    trace: StrictBool = Field(
+        False, description="Return every pulse of every cell with its result."
+    )
 
 
 class TraceStep(BaseModel):
@@ -222,6 +269,14 @@ class CellResult(BaseModel):
     pulses: int = Field(description="Pulses fired at this cell.")
     converged: bool | None = Field(
         description="final within the tolerance of the target (null in one shot)."
+    )
+    stopped: str | None = Field(
+        None,
+        description="Why the loop stopped this cell before convergence or budget, else null: a "
+        "reading it cannot trust (not finite, zero or negative conductance, a read current "
+        "below programming.read_current_floor in A, or the compliance tripped), e.g. "
+        "'untrusted reading: 0 A at 0.2 V'. No pulse is fired at a cell after such a reading "
+        "(in one shot: none at all); final then holds that reading, S.",
     )
     trace: list[TraceStep] | None = Field(
         None, description="Every pulse and its result (trace=true), else null."
@@ -297,8 +352,8 @@ class JobRecord(BaseModel):
     finished_at: datetime | None = Field(description="End, ISO 8601 UTC (null until it ends).")
     total_cells: int = Field(description="Cells targeted.")
     cells_done: int = Field(
-        description="Cells finished: converged or out of pulse budget (in one shot: every cell "
-        "once its pulse is fired)."
+        description="Cells finished: converged, out of pulse budget or stopped on a reading "
+        "that cannot be trusted (in one shot: every cell once its pulse is fired)."
     )
     cells_converged: int = Field(
         description="Cells within the tolerance of their target (0 in one shot: not verified)."

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from drivers.base import Backend, BackendError, BackendInfo, BackendUnavailable
-from service.storage import Storage
+from service.storage import LogUnavailable, Storage
 
 T = TypeVar("T")
 
@@ -169,8 +169,18 @@ class BackendOwner:
                     "cancelled by an emergency stop before it began; nothing was fired"
                 )
             self._describe()  # no operation on a backend that was never described
+            # Nothing runs unrecorded: a log that cannot take records refuses the operation
+            # before it touches the backend (503, nothing fired).
+            self.storage.ensure_writable("nothing fired")
             result = job(self.backend, self.storage)
             self.unavailable = None
+            self.storage.commit_durable()
+            if self.storage.failure is not None:  # it broke during this operation
+                raise LogUnavailable(
+                    "log unavailable: the operation ran, and what it recorded is kept in the "
+                    "side journal until the database takes writes again: "
+                    f"{self.storage.failure}"
+                )
             return result
         except BackendError as exc:
             if isinstance(exc, BackendUnavailable):  # /health and memprog_backend_up say so
@@ -189,6 +199,23 @@ class BackendOwner:
             finally:
                 with self._pending_lock:
                     self._pending -= 1
+
+    async def recover_log(self) -> bool:
+        """Through the queue: if the log is failed, try to bring it back (replaying the side
+        journal). True when it is healthy."""
+        if self.storage.check() is None:
+            return True
+
+        def recover() -> bool:
+            try:
+                return self.storage.recover()
+            finally:
+                with self._pending_lock:
+                    self._pending -= 1
+
+        with self._pending_lock:
+            self._pending += 1
+        return await asyncio.wrap_future(self._executor.submit(recover))
 
     def shutdown(self) -> None:
         """Stop the running operation before its next pulse, refuse the queued ones (503,

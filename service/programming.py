@@ -3,7 +3,8 @@
 A *strategy* chooses pulses; the *loop* (:func:`program_cells`) does everything else, the same
 way for every strategy: one batched read of all targeted cells, then per iteration one batched
 pulse of the cells still outside the tolerance and one batched verify read of those cells, until
-every cell converged or spent its pulse budget. Strategies are vectorised over cells: they get
+every cell converged, spent its pulse budget or was stopped on a reading it cannot trust (never
+pulsed blind: see :func:`program_cells`). Strategies are vectorised over cells: they get
 arrays and return arrays, no per-device Python loop.
 
 To add a strategy (the pulse predictor does this)::
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from drivers.base import Backend, LimitError, Limits, check_pulse
+from drivers.base import Backend, LimitError, Limits, ReadResult, check_pulse
 from service.recording import pulse_and_record
 from service.storage import RunParams, Storage
 
@@ -311,6 +312,7 @@ class ProgramJob:
     trace: bool
     v_read: float  # V
     limits: Limits
+    read_current_floor: float = 1e-9  # A; the default of programming.read_current_floor
 
 
 @dataclass
@@ -325,6 +327,7 @@ class ProgramOutcome:
     pulses_fired: int
     wall_time: float  # s
     aborted: bool = False  # should_stop() ended the run early (its run is 'aborted')
+    stopped: list[str | None] | None = None  # per cell: why it was stopped (untrusted reading)
 
 
 @dataclass(frozen=True)
@@ -334,7 +337,8 @@ class Progress:
     run_id: int
     iteration: int
     cells: int  # cells targeted
-    cells_done: int  # converged or out of budget (every cell, once a one-shot pulse is fired)
+    cells_done: int  # converged, out of budget or stopped (every cell, once a one-shot pulse
+    # is fired)
     cells_converged: int  # within the tolerance (0 in one shot: nothing is verified)
     pulses: int  # pulses fired so far in this run
 
@@ -352,6 +356,13 @@ def program_cells(
     Runs on the backend owner's thread: nothing else touches the backend meanwhile. Each
     iteration's operations are committed before the next begins, so a crash mid-run keeps
     everything that was fired.
+
+    Never blind: a cell whose reading (the first or any verify read) cannot be trusted — see
+    :func:`_untrusted`: not finite, zero or negative, a current below
+    ``job.read_current_floor``, or the compliance tripped — is *stopped*: no further pulse is
+    fired at it (in one shot: none at all), it counts as done, and ``outcome.stopped`` (and the
+    stored run) says why. Pulsing on such a reading drives the cell blind (a 0 S reading made
+    ispp spend the whole budget ramping the cell to the top of its window).
 
     ``should_stop`` is asked before every batched pulse; when it answers True no further pulse
     is fired, the run is recorded as ``aborted`` (with each cell's results so far) and the
@@ -377,6 +388,21 @@ def program_cells(
         steps: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]] = []
         reads = n
         aborted = False
+        halted = np.zeros(n, dtype=bool)  # stopped on a reading that cannot be trusted
+        stopped: list[str | None] = [None] * n
+        trusted = start.copy()  # per cell: its last trusted reading, S (for device memory)
+
+        def distrust(result: ReadResult, idx: np.ndarray) -> np.ndarray:
+            """Stop the cells ``idx`` whose reading in ``result`` cannot be trusted."""
+            bad, reasons = _untrusted(result, job.read_current_floor)
+            where = idx[bad]
+            halted[where] = True
+            for i, why in zip(where.tolist(), reasons, strict=True):
+                stopped[i] = why
+            trusted[idx[~bad]] = np.asarray(result.conductance, dtype=float)[~bad]
+            return bad
+
+        distrust(first, np.arange(n))
 
         def progress(iteration: int, done: int, converged_now: int) -> None:
             nonlocal last_progress
@@ -385,29 +411,36 @@ def program_cells(
                 on_progress(last_progress)
 
         if not job.verify:
-            progress(0, 0, 0)
+            progress(0, int(np.count_nonzero(halted)), 0)
             storage.commit()
-            # One shot: exactly one pulse per cell, chosen from the single read.
-            idx = np.arange(n)
+            # One shot: exactly one pulse per cell read as trusted, chosen from the single read.
+            idx = np.flatnonzero(~halted)
             if should_stop is not None and should_stop():
                 aborted = True
             else:
                 planner.one_shot()
-                voltage, width = _chosen(planner, idx, g, job.limits)
-                pulse_and_record(backend, storage, job.rows, job.cols, voltage, width, run_id)
-                pulses[:] = 1
+                if idx.size:
+                    voltage, width = _chosen(planner, idx, g[idx], job.limits)
+                    pulse_and_record(
+                        backend, storage, job.rows[idx], job.cols[idx], voltage, width, run_id
+                    )
+                    pulses[idx] = 1
+                    steps.append((idx, voltage, width, None))
                 progress(1, n, 0)
                 storage.commit()
-                steps.append((idx, voltage, width, None))
             final = converged = None
         else:
             band = job.tolerance * job.target
-            converged = np.abs(g - job.target) <= band
+            converged = (np.abs(g - job.target) <= band) & ~halted
             iteration = 0
-            progress(iteration, int(np.count_nonzero(converged)), int(np.count_nonzero(converged)))
+            progress(
+                iteration,
+                int(np.count_nonzero(converged | halted)),
+                int(np.count_nonzero(converged)),
+            )
             storage.commit()
             while True:
-                idx = np.flatnonzero(~converged & (pulses < job.max_pulses))
+                idx = np.flatnonzero(~converged & ~halted & (pulses < job.max_pulses))
                 if idx.size == 0:
                     break
                 if should_stop is not None and should_stop():
@@ -425,11 +458,12 @@ def program_cells(
                 storage.record_read(after, run_id)
                 reads += idx.size
                 g[idx] = after.conductance
-                converged[idx] = np.abs(g[idx] - job.target[idx]) <= band[idx]
+                bad = distrust(after, idx)
+                converged[idx] = (np.abs(g[idx] - job.target[idx]) <= band[idx]) & ~bad
                 iteration += 1
                 progress(
                     iteration,
-                    int(np.count_nonzero(converged | (pulses >= job.max_pulses))),
+                    int(np.count_nonzero(converged | halted | (pulses >= job.max_pulses))),
                     int(np.count_nonzero(converged)),
                 )
                 storage.commit()
@@ -437,8 +471,12 @@ def program_cells(
                     steps.append((idx, voltage, width, g[idx].copy()))
             final = g
             if planner.memory_key is not None:
-                learned = planner.remember(g)
+                # A stopped cell is shown its last trusted reading and nothing is kept for it:
+                # an untrusted one says nothing about the device.
+                learned = planner.remember(trusted)
                 if learned is not None:
+                    learned = np.array(learned, dtype=float)
+                    learned[halted] = np.nan  # NaN: keep what was remembered before
                     storage.save_device_memory(
                         planner.memory_key, job.rows, job.cols, learned, run_id
                     )
@@ -453,12 +491,14 @@ def program_cells(
             pulses=pulses,
             converged=converged,
             status="aborted" if aborted else "done",
+            stopped=stopped,
         )
         storage.commit()
     except BaseException as exc:
         fired = storage.fail_run(run_id, f"{type(exc).__name__}: {exc}")
         storage.commit()
-        if on_progress is not None and last_progress is not None and fired != last_progress.pulses:
+        if (on_progress is not None and last_progress is not None and fired is not None
+                and fired != last_progress.pulses):
             # pulses of a batch broken off (a bench failure, an emergency stop) are recorded
             on_progress(replace(last_progress, pulses=fired))
         raise
@@ -473,6 +513,7 @@ def program_cells(
         pulses_fired=int(pulses.sum()),
         wall_time=time.perf_counter() - started,
         aborted=aborted,
+        stopped=stopped,
     )
 
 
@@ -480,6 +521,37 @@ class StrategyFailure(RuntimeError):
     """A strategy failed in the middle of a run (a bug, not bad input: requests are checked by
     :meth:`Strategy.validate` before the run). The run is recorded ``failed`` with every
     operation it made."""
+
+
+def _untrusted(read: ReadResult, floor: float) -> tuple[np.ndarray, list[str]]:
+    """Which readings of ``read`` cannot be trusted (a boolean per cell) and, for each of those
+    in order, why.
+
+    Untrusted: a current or conductance that is not finite; a conductance that is zero or
+    negative (no current, or I / V of the wrong sign: no device reads so); a |current| below
+    ``floor`` (A) — a current floor, not a conductance floor, because the noise is the SMU's,
+    in amperes, whatever the read voltage; the compliance tripped (the current is clipped, the
+    true conductance unknown). Vectorised; only the reasons are built per untrusted cell.
+    """
+    g = np.asarray(read.conductance, dtype=float)
+    current = np.asarray(read.current, dtype=float)
+    not_finite = ~(np.isfinite(g) & np.isfinite(current))
+    not_positive = ~not_finite & ~(g > 0)
+    below = ~not_finite & ~not_positive & (np.abs(current) < floor)
+    clipped = np.asarray(read.compliance, dtype=bool) & ~(not_finite | not_positive | below)
+    bad = not_finite | not_positive | below | clipped
+    reasons = []
+    for k in np.flatnonzero(bad).tolist():
+        if not_finite[k]:
+            why = f"not finite: {g[k]:.3g} S"
+        elif not_positive[k]:
+            why = f"conductance {g[k]:.3g} S, not positive"
+        elif below[k]:
+            why = f"below the read current floor {floor:g} A"
+        else:
+            why = "the current compliance tripped: the reading is clipped"
+        reasons.append(f"untrusted reading: {current[k]:.3g} A at {read.v_read:g} V ({why})")
+    return bad, reasons
 
 
 def _chosen(

@@ -1,18 +1,26 @@
-"""Fire pulses and record them, including what a failing bench fired before it failed.
+"""Fire pulses and record them: in the log before they are fired, settled after.
 
 Every pulse that reached a device must be in the operation log, also when the batch it belongs
-to fails half-way: a bench fires a batch cell by cell, and the error says how many went out
-(:class:`drivers.base.BackendError` ``completed`` / ``uncertain``).
+to fails half-way (a bench fires a batch cell by cell, and the error says how many went out:
+:class:`drivers.base.BackendError` ``completed`` / ``uncertain``), and also when the database
+fails. So the pulses are first *reserved* — written and committed as pending — and only then
+fired; a log that cannot take them stops everything before a device sees a pulse
+(:class:`service.storage.LogUnavailable`, "log unavailable, nothing fired"). After the fire the
+reservation is *settled*: fired, uncertain (the trigger went out, no confirmation), or removed
+(not fired). A settlement the database cannot take goes to the side journal
+(:mod:`service.journal`), and a crash between the two leaves the reservation, read as uncertain
+at the next start.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from drivers.base import Backend, BackendError
-from service.storage import Storage
+from drivers.base import Backend, BackendError, LimitError
+from service.storage import UNCERTAIN_FIRE, Storage
 
-UNCERTAIN = "uncertain: the trigger went out but no clean confirmation came back"
+UNCERTAIN = UNCERTAIN_FIRE
+"""The note of a pulse that may have been fired (its trigger went out, no confirmation)."""
 
 
 def pulse_and_record(
@@ -24,23 +32,31 @@ def pulse_and_record(
     width: np.ndarray,
     run_id: int | None = None,
 ) -> None:
-    """``backend.pulse`` then ``storage.record_pulse``; on failure, record the fired part.
+    """Reserve the pulses in the log, fire them, settle what was fired, commit.
 
-    A pulse that may have been fired (``uncertain``) is recorded with the note
-    :data:`UNCERTAIN`: a pulse the log cannot rule out is kept, flagged, rather than dropped.
-    """
+    Raises :class:`LogUnavailable` before firing when the log cannot take the pulses (nothing
+    fired). A settlement the log cannot take goes to the side journal (``storage.failure`` then
+    says why; the backend owner answers the request 503 after the operation)."""
     rows, cols = np.asarray(rows), np.asarray(cols)
     voltage = np.broadcast_to(np.asarray(voltage, dtype=float), rows.shape)
     width = np.broadcast_to(np.asarray(width, dtype=float), rows.shape)
+    first = storage.reserve_pulses(rows, cols, voltage, width, run_id)
     try:
         backend.pulse(rows, cols, voltage, width)
     except BackendError as exc:
-        done = min(int(exc.completed), rows.size)
-        if done:
-            storage.record_pulse(rows[:done], cols[:done], voltage[:done], width[:done], run_id)
-        if exc.uncertain and done < rows.size:
-            maybe = slice(done, done + 1)
-            storage.record_pulse(rows[maybe], cols[maybe], voltage[maybe], width[maybe], run_id,
-                                 note=UNCERTAIN)
+        storage.settle_pulses(first, rows.size, int(exc.completed), bool(exc.uncertain))
+        storage.commit()
         raise
-    storage.record_pulse(rows, cols, voltage, width, run_id)
+    except LimitError:  # a backend's own check, before any I/O: nothing was fired
+        storage.settle_pulses(first, rows.size, 0)
+        storage.commit()
+        raise
+    except BaseException:
+        # Not a bench's report (a bug, an interrupt): what reached the devices is unknown.
+        storage.settle_pulses(first, rows.size, 0, uncertain=True)
+        storage.commit()
+        raise
+    # A log that breaks here keeps the settlement in the side journal; the caller goes on
+    # (its verify read and progress are journaled too) and the next reservation refuses.
+    storage.settle_pulses(first, rows.size, rows.size)
+    storage.commit()

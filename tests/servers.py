@@ -17,3 +17,17 @@ def sim_server_env(database: Path, *, rows: int, cols: int, seed: int, **extra: 
         "MEMPROG_DATABASE": str(database),
         **extra,
     }
+
+
+def visa_server_env(bench_toml: str, directory: Path, database: str = "visa.db", **extra: str
+                    ) -> dict[str, str]:
+    """Environment for ``memprog serve`` on an emulated VISA bench: writes the bench file
+    (``EmulatorRunner.config.to_toml()``) into ``directory``."""
+    bench = directory / "bench.toml"
+    bench.write_text(bench_toml)
+    return {
+        "MEMPROG_BACKEND": "visa",
+        "MEMPROG_BENCH_CONFIG": str(bench),
+        "MEMPROG_DATABASE": str(directory / database),
+        **extra,
+    }

@@ -6,10 +6,11 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import subprocess
+import time
 
 import pytest
 
-from service.auth import KeyStore, exposure_problem, is_loopback
+from service.auth import KEY_REFRESH_S, KeyStore, exposure_problem, is_loopback
 from service.cli import main
 from service.launch import free_port, memprog_command
 
@@ -29,7 +30,7 @@ def secured(sim_settings, client_for):
 
     settings = type(sim_settings)(**{**sim_settings.model_dump(), "auth": {"enabled": True}})
     assert settings.auth.enabled
-    keys = KeyStore(settings.database)
+    keys = KeyStore(settings.database, create=True)  # before the service made it
     made = {scope: keys.create(f"{scope}-user", scope)[1] for scope in ("read", "program", "admin")}
     with client_for(create_app(settings)) as client:
         yield client, made, keys
@@ -117,12 +118,19 @@ def test_a_program_key_programs_and_an_admin_key_does_everything(secured):
     assert admin["reload"] == 200 and admin["pulse"] == 200 and admin["job"] == 202
 
 
-def test_a_revoked_key_is_refused_at_the_next_request(secured, sim_settings, capsys):
+def test_a_revoked_key_is_refused_within_the_key_refresh(secured, sim_settings, capsys):
     client, made, keys = secured
     headers = auth(made["program"])
     assert client.post(f"{API}/pulse", json=PULSE, headers=headers).status_code == 200
     key_id = next(k["id"] for k in keys.list() if k["name"] == "program-user")
     assert main(["keys", "revoke", str(key_id), "--database", str(sim_settings.database)]) == 0
+    revoked = time.monotonic()
+    # keys are cached in memory (the request path never waits on the database): a revoked
+    # key works for at most one reload of the cache, then never again
+    while client.post(f"{API}/read", json={"cells": [[0, 0]]},
+                      headers=headers).status_code == 200:
+        assert time.monotonic() - revoked < KEY_REFRESH_S + 2.0, "the revoked key still works"
+        time.sleep(0.05)
     assert client.post(f"{API}/pulse", json=PULSE, headers=headers).status_code == 401
     assert main(["keys", "revoke", str(key_id), "--database", str(sim_settings.database)]) == 1
 
@@ -135,7 +143,7 @@ def test_auth_off_leaves_everything_open(api):
 
 def test_keys_cli_prints_a_key_once_and_stores_only_its_hash(tmp_path, capsys):
     database = tmp_path / "keys.db"
-    assert main(["keys", "create", "--scope", "program", "--name", "alice",
+    assert main(["keys", "create", "--create", "--scope", "program", "--name", "alice",
                  "--database", str(database)]) == 0
     out = capsys.readouterr()
     key = out.out.strip()
@@ -190,7 +198,7 @@ def test_a_lab_script_with_keys_against_a_secured_server(tmp_path):
 
     def make_key(scope: str, name: str) -> str:
         result = subprocess.run(
-            [*memprog_command(), "keys", "create", "--scope", scope, "--name", name,
+            [*memprog_command(), "keys", "create", "--create", "--scope", scope, "--name", name,
              "--database", str(database)],
             capture_output=True, text=True, timeout=60, check=True,
         )

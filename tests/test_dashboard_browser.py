@@ -213,8 +213,8 @@ def test_dashboard_follows_a_job_then_draws_heatmap_and_histogram(browser, tmp_p
 
 def create_key(tmp_path: Path, scope: str) -> str:
     result = subprocess.run(
-        [*memprog_command(), "keys", "create", "--database", str(tmp_path / "memprog.db"),
-         "--scope", scope, "--name", f"dashboard-{scope}"],
+        [*memprog_command(), "keys", "create", "--create", "--database",
+         str(tmp_path / "memprog.db"), "--scope", scope, "--name", f"dashboard-{scope}"],
         capture_output=True, text=True, timeout=60, check=True,
     )
     return result.stdout.strip()

@@ -16,6 +16,7 @@ from drivers.sim import SimBackend
 from drivers.visa.bench import parse_bench
 from service.launch import ServerProcess
 from sim_backend.emulators import EmulatorRunner
+from tests.servers import visa_server_env
 from tests.test_jobs import TERMINAL, job_of, long_job, targets, wait_for
 
 API = "/api/v1"
@@ -209,13 +210,7 @@ def visa_bench():
 def test_emergency_stop_leaves_the_bench_outputs_off(tmp_path):
     emu = EmulatorRunner(visa_bench()).start()
     try:
-        bench = tmp_path / "bench.toml"
-        bench.write_text(emu.config.to_toml())
-        env = {
-            "MEMPROG_BACKEND": "visa",
-            "MEMPROG_BENCH_CONFIG": str(bench),
-            "MEMPROG_DATABASE": str(tmp_path / "visa.db"),
-        }
+        env = visa_server_env(emu.config.to_toml(), tmp_path)
         with ServerProcess(env, log_path=tmp_path / "server.log") as server, \
                 httpx.Client(base_url=server.url, timeout=60) as http:
             job = http.post(f"{API}/jobs", json=long_job(4, 4)).json()

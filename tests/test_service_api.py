@@ -38,7 +38,7 @@ def test_array_gives_geometry_limits_and_strategies(api):
     assert (body["rows"], body["cols"], body["kind"]) == (16, 16, "simulated")
     assert body["limits"] == {
         "v_set_max": 0.9, "v_reset_max": 1.3, "width_min": 1e-9, "width_max": 0.1,
-        "v_read_max": 0.3, "compliance": 1e-3,
+        "v_read_min": 0.05, "v_read_max": 0.3, "compliance": 1e-3,
     }
     assert {"fixed", "ispp"} <= set(body["strategies"])
     assert body["default_strategy"] in body["strategies"]

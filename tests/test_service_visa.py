@@ -18,6 +18,7 @@ from service.launch import ServerProcess
 from service.recording import UNCERTAIN
 from sim_backend import Crossbar
 from sim_backend.emulators import EmulatorRunner
+from tests.servers import visa_server_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -55,13 +56,7 @@ class Rig:
         tmp_path.mkdir(parents=True, exist_ok=True)
         self.emu = EmulatorRunner(bench_config(variability, timing, timeout)).start()
         try:
-            bench = tmp_path / "bench.toml"
-            bench.write_text(self.emu.config.to_toml())
-            env = {
-                "MEMPROG_BACKEND": "visa",
-                "MEMPROG_BENCH_CONFIG": str(bench),
-                "MEMPROG_DATABASE": str(tmp_path / "visa.db"),
-            }
+            env = visa_server_env(self.emu.config.to_toml(), tmp_path)
             self.server = ServerProcess(env, log_path=tmp_path / "server.log").start()
         except BaseException:
             self.emu.stop()

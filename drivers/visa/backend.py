@@ -6,6 +6,11 @@ limits and the instruments' ranges before any I/O. Operations are serialised (on
 time, each instrument with its own owner and lock); any failure puts the bench into its safe
 state (0 V, outputs off, matrix open) before the error is raised.
 
+The safe state is sent to every instrument at once, each on its own thread, the matrix's first
+(opening it is what disconnects the device): an instrument that hangs delays none of the others.
+The emergency stop gives each instrument one attempt within the bench's budget
+(``[emergency_stop] budget``) and returns by then, naming the instruments that did not confirm.
+
 SCPI round trips per cell: a read is one (plus one matrix switch if the route changes), a pulse
 with an unchanged shape is one (plus the switch), a changed shape adds one. With ``routing =
 "shared"`` or without a matrix a pulse-and-verify cycle on one cell costs two round trips.
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Literal
 
 import numpy as np
@@ -37,6 +43,10 @@ from drivers.visa.scpi import InstrumentError
 from drivers.visa.transport import Instrument, Session
 
 log = logging.getLogger("memprog.visa")
+
+ESTOP_GRACE = 0.2
+"""s the emergency stop waits beyond its budget for the instruments' threads, which end by the
+budget themselves (lock waits and I/O timeouts are cut to it)."""
 
 
 class VisaBackend(Backend):
@@ -190,32 +200,25 @@ class VisaBackend(Backend):
                 raise err from e
 
     def safe_state(self) -> None:
-        """Pulser output off, SMU output off at 0 V, matrix open (each tried; all reported)."""
-        problems = []
-        drivers = [("pulser", self.pulser_driver), ("smu", self.smu_driver),
-                   ("matrix", self.matrix_driver)]
-        for role, driver in drivers:
-            inst = self.instruments.get(role)
-            if inst is None or driver is None:
-                continue
-            try:
-                inst.run(driver.safe, what="safe state")
-            except BackendError as e:
-                problems.append(str(e))
-        if problems:
-            raise BackendUnavailable("safe state not confirmed: " + " | ".join(problems))
+        """Matrix open, pulser output off, SMU output off at 0 V: all at once, each with its
+        retries (a hung instrument delays none of the others); every failure reported."""
+        self._make_safe(None)
 
     def emergency_stop(self) -> None:
         """Stop the running operation before its next route, read or pulse, and make the bench
-        safe now, without waiting for the operation's lock.
+        safe now, without waiting for the operation's lock; return within the bench's e-stop
+        budget (plus :data:`ESTOP_GRACE`).
 
         Each instrument's own lock keeps every SCPI transaction whole; the safe-state messages go
-        out between two of the running operation's transactions. That operation then meets the
-        new stop generation before it could turn the pulser's output on again, and fails with a
-        :class:`BackendError` (its pulses fired so far are reported as usual).
+        out between two of the running operation's transactions, all instruments at once, the
+        matrix first. That operation then meets the new stop generation before it could turn the
+        pulser's output on again, and fails with a :class:`BackendError` (its pulses fired so far
+        are reported as usual). An instrument whose transaction does not end within the budget
+        (one that hangs) is not waited for: :class:`BackendUnavailable` names it, the others are
+        safe.
         """
         self._stop_generation += 1
-        self.safe_state()
+        self._make_safe(self.config.emergency_stop.budget)
 
     def close(self) -> None:
         with self._op_lock:
@@ -231,6 +234,55 @@ class VisaBackend(Backend):
                     inst.close()
 
     # -- internals ------------------------------------------------------------------------------
+
+    def _make_safe(self, budget: float | None) -> None:
+        """Every instrument's safe state, each on its own thread, the matrix's started first.
+
+        ``budget`` (s, the emergency stop): one attempt each, ended by then; None: the usual
+        retries, and every thread is waited for."""
+        deadline = None if budget is None else time.monotonic() + budget
+        outcome: dict[str, str | None] = {}  # role -> None (safe) or why not confirmed
+
+        def make_safe(role: str, inst: Instrument, safe) -> None:
+            try:
+                if deadline is None:
+                    inst.run(safe, what="safe state")
+                else:
+                    inst.run_by(safe, deadline, what="safe state")
+                outcome[role] = None
+            except BackendError as e:
+                outcome[role] = str(e)
+            except Exception as e:  # reported like a BackendError: the others carry on
+                outcome[role] = f"{role}: {type(e).__name__}: {e}"
+
+        threads = []
+        for role, driver in (("matrix", self.matrix_driver), ("pulser", self.pulser_driver),
+                             ("smu", self.smu_driver)):
+            inst = self.instruments.get(role)
+            if inst is None or driver is None:
+                continue
+            thread = threading.Thread(target=make_safe, args=(role, inst, driver.safe),
+                                      name=f"safe-state-{role}", daemon=True)
+            thread.start()
+            threads.append((role, thread))
+        for _, thread in threads:
+            thread.join(None if deadline is None
+                        else max(0.0, deadline - time.monotonic()) + ESTOP_GRACE)
+        # a thread still at it (past its own deadline) is not waited for: not confirmed
+        results = {role: outcome.get(role, f"{role}: no confirmation in time")
+                   for role, _ in threads}
+        failed = [role for role, why in results.items() if why is not None]
+        if not failed:
+            return
+        problems = " | ".join(results[role] for role in failed)  # type: ignore[misc]
+        if deadline is None:
+            raise BackendUnavailable("safe state not confirmed: " + problems)
+        safe = [role for role, why in results.items() if why is None]
+        raise BackendUnavailable(
+            f"emergency stop: safe state not confirmed within {budget:g} s by "
+            f"{', '.join(failed)}: {problems}"
+            + (f"; confirmed safe: {', '.join(safe)}" if safe else "")
+        )
 
     def _check_open(self) -> None:
         """Refuse a closed backend; connect (configure, make safe) every instrument not connected.

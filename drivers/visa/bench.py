@@ -131,6 +131,16 @@ class RetryConfig(_Frozen):
     """Pause before a retry, s."""
 
 
+class EmergencyStopConfig(_Frozen):
+    """The emergency stop's time budget."""
+
+    budget: float = Field(default=1.0, ge=0.1, le=10.0)
+    """s the emergency stop takes at most (plus 0.2 s of grace): every instrument is made safe at
+    once, each with one attempt within the budget (no retry, no wait for a busy instrument
+    beyond it); an instrument that has not confirmed by then is named in the error, while the
+    ones that did are safe."""
+
+
 class LimitsConfig(_Frozen):
     """Per-deployment hard safety limits (see :class:`drivers.base.Limits`)."""
 
@@ -138,6 +148,8 @@ class LimitsConfig(_Frozen):
     v_reset_max: float = Field(default=1.3, gt=0.0, le=10.0)
     width_min: float = Field(default=1.6e-8, gt=0.0)
     width_max: float = Field(default=0.1, gt=0.0, le=1.0)
+    v_read_min: float = Field(default=0.05, gt=0.0, le=2.0)
+    """Smallest |V| of a read, V (below it the read current is the SMU's noise)."""
     v_read_max: float = Field(default=0.3, gt=0.0, le=2.0)
     compliance: float = Field(default=1e-3, ge=1e-9, le=1.05)
 
@@ -145,6 +157,8 @@ class LimitsConfig(_Frozen):
     def _order(self) -> LimitsConfig:
         if self.width_min > self.width_max:
             raise ValueError("width_min must not exceed width_max")
+        if self.v_read_min > self.v_read_max:
+            raise ValueError("v_read_min must not exceed v_read_max")
         return self
 
     def to_limits(self) -> Limits:
@@ -199,6 +213,7 @@ class BenchConfig(_Frozen):
     matrix: MatrixConfig | None = None
     limits: LimitsConfig = LimitsConfig()
     retry: RetryConfig = RetryConfig()
+    emergency_stop: EmergencyStopConfig = EmergencyStopConfig()
     emulator: EmulatorConfig = EmulatorConfig()
 
     @model_validator(mode="after")

@@ -11,13 +11,18 @@ others, and there is no built-in reconnect. So:
 * on a timeout, an I/O error or a garbled reply it closes the resource, reopens it and runs the
   driver's ``on_connect`` (``*CLS``, re-configure, safe state), then retries an idempotent
   operation (bounded); a non-idempotent one (firing a pulse) is never repeated. When the retries
-  are spent it raises :class:`drivers.base.BackendUnavailable` naming the instrument and the cause.
+  are spent it raises :class:`drivers.base.BackendUnavailable` naming the instrument and the cause;
+* :meth:`Instrument.run_by` (the emergency stop) makes one attempt that ends by a deadline: it
+  waits for the lock (a running transaction may wait for a hung reply under it), connects and
+  waits for every reply only until then, never retries, and drops a session whose reply did not
+  come (a late reply must not answer the next query).
 
 A *round trip* is one reply waited for; writes that expect no reply are counted separately.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -81,9 +86,11 @@ class IOStats:
 class Session:
     """The write/query interface handed to an operation while its instrument's lock is held."""
 
-    def __init__(self, instrument: Instrument, resource):
+    def __init__(self, instrument: Instrument, resource, deadline: float | None = None):
         self._inst = instrument
         self._res = resource
+        # time.monotonic() by which every reply must have come (Instrument.run_by), or None
+        self._deadline = deadline
 
     def write(self, message: str) -> None:
         self._inst.stats.writes += 1
@@ -96,6 +103,12 @@ class Session:
         ``busy``: seconds the instrument works before it can answer (a burst it runs), added
         to the timeout for this reply only.
         """
+        if self._deadline is not None:
+            left = self._deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no time left to send {message!r}")
+            self._res.timeout = max(1.0, (left + busy) * 1000.0)  # ms
+            busy = 0.0  # already in the timeout
         self.write(message)
         self._inst.stats.round_trips += 1
         if busy > 0:
@@ -141,6 +154,7 @@ class Instrument:
         """The last program messages sent, oldest first (for tests and diagnostics)."""
         self._lock = threading.RLock()
         self._res = None
+        self._activity = ""  # what the lock is held for (named when the emergency stop waits)
         self._key = config.resource.strip().upper()
         with _OWNERS_LOCK:
             if self._key in _OWNERS:
@@ -152,19 +166,24 @@ class Instrument:
 
     # -- connection ------------------------------------------------------------------------------
 
-    def _open(self) -> None:
+    def _open(self, deadline: float | None = None) -> None:
         rm = resource_manager()
+        open_timeout = self.config.open_timeout
+        if deadline is not None:
+            open_timeout = min(open_timeout, deadline - time.monotonic())
+            if open_timeout <= 0:
+                raise TimeoutError("no time left to connect")
         res = rm.open_resource(
             self.config.resource,
             read_termination=self.config.read_termination,
             write_termination=self.config.write_termination,
             timeout=int(self.config.timeout * 1000),
-            open_timeout=int(self.config.open_timeout * 1000),
+            open_timeout=max(1, int(open_timeout * 1000)),
         )
         self.stats.connects += 1
         self._res = res
         try:
-            self.on_connect(Session(self, res))
+            self.on_connect(Session(self, res, deadline))
         except BaseException:
             self._drop()
             raise
@@ -212,7 +231,7 @@ class Instrument:
         transient = _transient_errors()
         what = what or getattr(op, "__name__", "operation")
         attempts = self.retry.attempts
-        with self._lock:
+        with self._lock, self._doing(what):
             if self._released:
                 raise BackendUnavailable(f"{self.name}: closed")
             for attempt in range(1, attempts + 1):
@@ -253,6 +272,48 @@ class Instrument:
                     if self.retry.delay and not (abort is not None and abort()):
                         time.sleep(self.retry.delay)
             raise AssertionError("unreachable")  # pragma: no cover
+
+    def run_by(self, op: Callable[[Session], T], deadline: float, *, what: str = "") -> T:
+        """One attempt of ``op`` that ends by ``deadline`` (``time.monotonic()``): the
+        emergency stop's.
+
+        The lock is waited for until the deadline only, a connection is made and every reply
+        waited for only until then; no retry, no reconnect after a fault (the session is
+        dropped: a reply that comes late must not answer the next query). Raises
+        :class:`BackendUnavailable` naming the instrument when ``op`` did not complete in time.
+        """
+        what = what or getattr(op, "__name__", "operation")
+        where = f"{self.name} ({self.config.resource})"
+        if not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            busy = f" with {self._activity}" if self._activity else ""
+            raise BackendUnavailable(f"{where}: still busy{busy}; {what} not sent in time")
+        try:
+            if self._released:
+                raise BackendUnavailable(f"{self.name}: closed")
+            with self._doing(what):
+                try:
+                    if self._res is None:
+                        self._open(deadline)
+                    return op(Session(self, self._res, deadline))
+                except _transient_errors() as e:
+                    self.stats.failures += 1
+                    self._drop()
+                    raise BackendUnavailable(
+                        f"{where}: {_describe(e)} during {what}; not confirmed in time"
+                    ) from e
+                finally:
+                    if self._res is not None:  # Session.query cut it to the time left
+                        self._res.timeout = int(self.config.timeout * 1000)
+        finally:
+            self._lock.release()
+
+    @contextlib.contextmanager
+    def _doing(self, what: str):
+        outer, self._activity = self._activity, what
+        try:
+            yield
+        finally:
+            self._activity = outer
 
     def _recover(self) -> bool:
         """Best effort: (re)connect, which clears the error queue and restores the safe state."""

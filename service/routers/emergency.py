@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from fastapi import APIRouter, Request
@@ -15,6 +16,15 @@ from service.models import EmergencyStopResponse
 log = logging.getLogger("memprog.estop")
 
 router = APIRouter(tags=["safety"])
+
+_background: set[asyncio.Task] = set()
+
+
+async def _end_queued(jobs, queued) -> None:
+    try:
+        await jobs.end_queued(queued)
+    except Exception:
+        log.exception("emergency stop: recording the end of the queued jobs failed")
 
 
 @router.post(
@@ -46,10 +56,12 @@ async def emergency_stop(request: Request, state: StateDep, principal: AnyKey) -
     except Exception as exc:  # BackendError, or anything: the answer must come
         error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, BackendError) else str(exc)
         log.error("emergency stop: safe state not confirmed: %s", error)
-    try:
-        await jobs.end_queued(queued)
-    except Exception:  # the answer must come; the owner records each one's end when it reaches it
-        log.exception("emergency stop: recording the end of the queued jobs failed")
+    if queued:
+        # Recorded in the background: the answer never waits for the database (slow, locked,
+        # full or gone); the owner records each one's end anyway when it reaches it.
+        task = asyncio.create_task(_end_queued(jobs, queued))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
     info = state.owner.info
     body = EmergencyStopResponse(
         stopped=error is None,

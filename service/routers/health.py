@@ -8,7 +8,7 @@ from fastapi import APIRouter
 
 from drivers.base import BackendUnavailable
 from service.deps import StateDep
-from service.models import HealthResponse
+from service.models import HealthResponse, LogHealth
 
 router = APIRouter(tags=["health"])
 
@@ -23,13 +23,19 @@ def _version() -> str:
 @router.get("/health", response_model=HealthResponse, summary="Service status")
 async def health(state: StateDep) -> HealthResponse:
     """Answers at once while the backend is known (its description is cached); for a bench
-    that was unreachable so far, it asks again and says whether it is reachable now."""
+    that was unreachable so far, it asks again and says whether it is reachable now. Says
+    whether the operation log takes records (a stat of the database file, no query)."""
     try:
         info = await state.owner.describe()
     except BackendUnavailable:
         info = None
+    storage = state.owner.storage
+    failure = storage.check()
+    status = "unavailable" if info is None else "degraded" if failure is not None else "ok"
     return HealthResponse(
-        status="ok" if info is not None else "unavailable",
+        status=status,
+        log=LogHealth(state="ok" if failure is None else "failed", detail=failure,
+                      journal_records=storage.journal_records),
         backend=info.kind if info is not None else state.configured_kind,
         instruments=dict(info.instruments) if info is not None else {},
         unavailable=state.owner.unavailable if info is None else None,

@@ -3,6 +3,7 @@ GET /jobs/{id}/events (live progress, Server-Sent Events). See :mod:`service.job
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -20,6 +21,9 @@ router = APIRouter(tags=["jobs"])
 
 KEEPALIVE = 15.0
 """s without progress after which the stream sends a comment (keeps proxies from closing it)."""
+
+KEY_RECHECK = 2.0
+"""s between checks that the stream's API key is still valid (a revoked key's stream ends)."""
 
 JobId = Annotated[int, Path(ge=1, le=2**62, description="Job identifier.")]
 
@@ -105,27 +109,37 @@ async def abort_job(job_id: JobId, request: Request, _: ProgramKey) -> JobRecord
     },
     summary="Live progress of a job (Server-Sent Events)",
 )
-async def job_events(job_id: JobId, request: Request, _: ReadKey) -> StreamingResponse:
+async def job_events(job_id: JobId, request: Request, principal: ReadKey) -> StreamingResponse:
     """An event ``progress`` whose data is the job record, at once and then on every change
     (after its first read and after every programming iteration), ending with the terminal
     state; for a job that has ended, that one event and the stream ends. A comment line
-    (``: keep-alive``) is sent after 15 s without change."""
+    (``: keep-alive``) is sent after 15 s without change. The stream's API key is checked again
+    every 2 s: once it is revoked, an event ``error`` says so and the stream ends."""
     jobs = _jobs(request)
     subscription = await jobs.subscribe(job_id)
     if subscription is None:
         raise HTTPException(status_code=404, detail=f"job {job_id} not found")
     first, subscriber = subscription
+    cache = request.app.state.auth.cache
 
     async def stream() -> AsyncIterator[str]:
         try:
             yield _event(first)
             if subscriber is None or first.status in TERMINAL:
                 return
+            quiet = 0.0  # s without an event
             while True:
-                record = await subscriber.next(KEEPALIVE)
+                if not cache.still_valid(principal):
+                    yield _revoked()
+                    return
+                record = await subscriber.next(KEY_RECHECK)
                 if record is None:
-                    yield ": keep-alive\n\n"
+                    quiet += KEY_RECHECK
+                    if quiet >= KEEPALIVE:
+                        quiet = 0.0
+                        yield ": keep-alive\n\n"
                     continue
+                quiet = 0.0
                 yield _event(record)
                 if record.status in TERMINAL:
                     return
@@ -138,6 +152,11 @@ async def job_events(job_id: JobId, request: Request, _: ReadKey) -> StreamingRe
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+def _revoked() -> str:
+    detail = json.dumps({"detail": "the API key of this stream was revoked"})
+    return f"event: error\ndata: {detail}\n\n"
 
 
 def _event(record: JobRecord) -> str:

@@ -95,6 +95,7 @@ async def program_job(
         trace=trace,
         v_read=v_read,
         limits=limits,
+        read_current_floor=state.settings.programming.read_current_floor,
     )
     return job
 
@@ -104,11 +105,13 @@ def _response(job: ProgramJob, out: ProgramOutcome) -> ProgramResponse:
     final = [None] * n if out.final is None else out.final.tolist()
     converged = [None] * n if out.converged is None else out.converged.tolist()
     traces = [None] * n if out.traces is None else out.traces
+    stopped = [None] * n if out.stopped is None else out.stopped
     results = [
         CellResult(
-            row=r, col=c, start=s, target=t, final=f, pulses=p, converged=k, trace=tr
+            row=r, col=c, start=s, target=t, final=f, pulses=p, converged=k, stopped=why,
+            trace=tr,
         )
-        for r, c, s, t, f, p, k, tr in zip(
+        for r, c, s, t, f, p, k, why, tr in zip(
             job.rows.tolist(),
             job.cols.tolist(),
             out.start.tolist(),
@@ -116,6 +119,7 @@ def _response(job: ProgramJob, out: ProgramOutcome) -> ProgramResponse:
             final,
             out.pulses.tolist(),
             converged,
+            stopped,
             traces,
             strict=True,
         )

@@ -1,24 +1,21 @@
-"""GET /runs, /runs/{id}: programming history; GET /export: every operation as CSV or HDF5."""
+"""GET /runs, /runs/{id}: programming history; GET /export: every operation as CSV or HDF5.
+
+The export runs on its own threads, a bounded number at a time, from a snapshot of the log
+(:mod:`service.exports`)."""
 
 from __future__ import annotations
 
-import csv
-import io
-import os
-import tempfile
-from collections.abc import Iterator
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Query
-from fastapi.responses import FileResponse, Response, StreamingResponse
-from starlette.background import BackgroundTask
+from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi.responses import Response, StreamingResponse
 
-from service import export_hdf5
+from service import export_hdf5, exports
 from service.deps import StateDep, StorageDep
 from service.models import CellResult, ErrorResponse, RunDetail, RunList, RunSummary
-from service.storage import OPERATION_COLUMNS, Storage
 
-router = APIRouter(tags=["history"])
+# The export pool lives and dies with the application (this lifespan runs inside the app's).
+router = APIRouter(tags=["history"], lifespan=exports.lifespan)
 
 SQL_INT_MAX = 2**63 - 1
 """Largest SQLite integer: a larger id or offset is a 422, not an overflow."""
@@ -64,11 +61,18 @@ def get_run(
         200: {
             "content": {"text/csv": {}, export_hdf5.MEDIA_TYPE: {}},
             "description": "csv: one line per operation; hdf5: per-cell time series.",
-        }
+            "headers": {exports.LAST_ID_HEADER: {
+                "description": "Id of the last operation in the export's snapshot.",
+                "schema": {"type": "integer"}}},
+        },
+        429: {"model": ErrorResponse,
+              "description": "exports.max_in_progress exports are in progress; see Retry-After."},
+        503: {"model": ErrorResponse, "description": "The service is shutting down."},
     },
     summary="Every recorded operation",
 )
-def export(
+async def export(
+    request: Request,
     storage: StorageDep,
     state: StateDep,
     format: Annotated[
@@ -79,7 +83,14 @@ def export(
         int | None, Query(ge=1, le=SQL_INT_MAX, description="Only the operations of this run.")
     ] = None,
 ) -> Response:
-    """Every pulse and read.
+    """Every pulse and read, as the log stood when the request came: the id of the last
+    operation then is in the ``X-Memprog-Last-Operation-Id`` header (and the HDF5 file's
+    ``last_operation_id`` attribute); what is recorded meanwhile is not in it.
+
+    At most ``exports.max_in_progress`` exports at once (``MEMPROG_EXPORTS__MAX_IN_PROGRESS``,
+    default 4), each until its last byte is sent: one more is answered 429 with Retry-After.
+    A client that takes no data for ``exports.send_timeout_s`` (default 30 s) is cut off:
+    the transfer ends incomplete.
 
     **csv**, in execution order. Columns: id, time (Unix, s), kind (read|pulse), row, col,
     voltage (V; the read voltage for reads), width (s; empty for reads), conductance (S; empty
@@ -94,53 +105,29 @@ def export(
     not apply); ``/crossbar/conductance`` (S), ``current`` (A), ``v_read`` (V) and ``read_at``
     (Unix s): each cell's last read, NaN if never read; ``/runs``: the runs. Every dataset
     carries its units as attributes; the root carries the backend kind and creation time."""
-    if format == "hdf5":
-        return _hdf5_file(storage, state, run_id)
-    return StreamingResponse(
-        _csv_lines(storage, run_id),
-        media_type="text/csv",
-        headers={"Content-Disposition": 'attachment; filename="memprog-operations.csv"'},
-    )
-
-
-def _hdf5_file(storage: Storage, state, run_id: int | None) -> FileResponse:
-    # HDF5 needs a seekable file: write a temporary one (in this worker thread), send it,
-    # delete it once sent.
-    info = state.owner.info
-    rows, cols = (info.rows, info.cols) if info is not None else (0, 0)
-    fd, path = tempfile.mkstemp(prefix="memprog-export-", suffix=".h5")
-    os.close(fd)
     try:
-        export_hdf5.write_hdf5(
+        pool = exports.pool_of(request.app)
+        slot = pool.acquire()
+    except exports.ExportsBusy as exc:
+        raise HTTPException(status_code=429, detail=str(exc),
+                            headers={"Retry-After": str(exports.RETRY_AFTER_S)}) from None
+    except exports.ExportsClosed as exc:
+        raise HTTPException(status_code=503, detail=str(exc)) from None
+    try:
+        if format == "csv":
+            return await pool.csv(storage, slot, run_id)
+        info = state.owner.info
+        return await pool.hdf5(
             storage,
-            path,
-            rows=rows,
-            cols=cols,
+            slot,
+            rows=info.rows if info is not None else 0,
+            cols=info.cols if info is not None else 0,
             backend=info.kind if info is not None else state.configured_kind,
             run_id=run_id,
         )
+    except exports.ExportsClosed as exc:
+        slot.release()
+        raise HTTPException(status_code=503, detail=str(exc)) from None
     except BaseException:
-        os.unlink(path)
+        slot.release()  # the response that would have freed it was never made
         raise
-    name = "memprog-operations.h5" if run_id is None else f"memprog-run-{run_id}.h5"
-    return FileResponse(
-        path,
-        media_type=export_hdf5.MEDIA_TYPE,
-        filename=name,
-        background=BackgroundTask(os.unlink, path),
-    )
-
-
-def _csv_lines(storage: Storage, run_id: int | None) -> Iterator[str]:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(OPERATION_COLUMNS)
-    count = 0
-    for row in storage.iter_operations(run_id):
-        writer.writerow(row)
-        count += 1
-        if count % 2000 == 0:
-            yield buffer.getvalue()
-            buffer.seek(0)
-            buffer.truncate()
-    yield buffer.getvalue()

@@ -136,7 +136,11 @@ async function refreshHealth() {
   }
   const instruments = Object.entries(health.instruments || {})
     .map(([role, identity]) => `${role}: ${identity}`).join(" · ");
-  if (health.status !== "ok") {
+  if (health.status === "degraded") {
+    // the database cannot take records: the service fires nothing until it can
+    setBanner("unavailable", `${health.backend.toUpperCase()} — LOG UNAVAILABLE, NOTHING IS FIRED`,
+      (health.log && health.log.detail) || "the database cannot take records");
+  } else if (health.status !== "ok") {
     setBanner("unavailable", `${health.backend.toUpperCase()} — UNAVAILABLE`,
       health.unavailable || "backend unreachable");
   } else if (health.backend === "hardware") {
