@@ -6,25 +6,27 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test serve lint bench clean browser
+.PHONY: test serve lint benchmark clean browser
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q -c constraints.txt -e '.[dev,train]'
 	touch $(STAMP)
 
-test: $(STAMP) browser
-	$(BIN)/ruff check .
+test: lint browser
 	$(BIN)/pytest
 
+# ruff; the layers (import-linter contracts in pyproject.toml); types (mypy, [tool.mypy])
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 
 serve: $(STAMP)
 	$(BIN)/memprog serve
 
-bench: $(STAMP)
-	$(BIN)/memprog bench sim
+benchmark: $(STAMP)
+	$(BIN)/memprog benchmark sim
 
 # The dashboard's browser test (tests/test_dashboard_browser.py) drives Debian's chromium through
 # Playwright (no browser download): install it when it is missing (root, or sudo).

@@ -2,15 +2,52 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
-from drivers.base import Backend
-
-if TYPE_CHECKING:
-    from service.config import Settings
+from drivers.base import Backend, Limits
 
 
-def make_backend(settings: Settings) -> Backend:
+class SimConfig(Protocol):
+    """The simulated array to build (the service's ``sim`` settings)."""
+
+    @property
+    def rows(self) -> int: ...
+    @property
+    def cols(self) -> int: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def variability(self) -> str: ...
+    @property
+    def read_noise(self) -> float: ...
+    @property
+    def stuck_fraction(self) -> float: ...
+    @property
+    def state_file(self) -> Path | None: ...
+
+
+class LimitsSource(Protocol):
+    """Safety limits that give the backend its :class:`Limits`."""
+
+    def to_limits(self) -> Limits: ...
+
+
+class BackendConfig(Protocol):
+    """What the factory needs to know (the service's settings have it; drivers never import
+    the service): which backend, the simulated array, the bench file, the safety limits."""
+
+    @property
+    def backend(self) -> str: ...
+    @property
+    def sim(self) -> SimConfig: ...
+    @property
+    def bench_config(self) -> Path | None: ...
+    @property
+    def limits(self) -> LimitsSource: ...
+
+
+def make_backend(settings: BackendConfig) -> Backend:
     """The backend ``settings.backend`` names, configured from ``settings``."""
     if settings.backend == "sim":
         from drivers.sim import SimBackend

@@ -1,4 +1,7 @@
-"""Handlers of ``memprog train`` and ``memprog bench programming`` (imported lazily)."""
+"""Handlers of ``memprog train`` and ``memprog benchmark programming`` (imported lazily).
+
+The predictor's side of the command line; ``service/cli.py`` builds the parser and calls these.
+"""
 
 from __future__ import annotations
 
@@ -29,8 +32,9 @@ def train_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def bench_command(args: argparse.Namespace) -> int:
-    from predictor.evaluate import Scenario, run_benchmark
+def benchmark_command(args: argparse.Namespace) -> int:
+    from predictor.benchmark import run_benchmark
+    from predictor.evaluate import Scenario
     from predictor.runtime import DEFAULT_MODEL
 
     sc = Scenario(

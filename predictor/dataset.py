@@ -52,15 +52,14 @@ class Records:
         return int(self.g_before.size)
 
     def take(self, mask: np.ndarray) -> Records:
-        return Records(
-            *(getattr(self, k)[mask] for k in RECORD_FIELDS), info=dict(self.info)
-        )
+        return Records(**{k: getattr(self, k)[mask] for k in RECORD_FIELDS}, info=dict(self.info))
 
     @staticmethod
     def concatenate(parts: list[Records]) -> Records:
         info = dict(parts[0].info) if parts else {}
         return Records(
-            *(np.concatenate([getattr(p, k) for p in parts]) for k in RECORD_FIELDS), info=info
+            **{k: np.concatenate([getattr(p, k) for p in parts]) for k in RECORD_FIELDS},
+            info=info,
         )
 
     def save(self, path: str | Path) -> None:
@@ -72,7 +71,8 @@ class Records:
     @staticmethod
     def load(path: str | Path) -> Records:
         with np.load(path, allow_pickle=False) as data:
-            return Records(*(data[k] for k in RECORD_FIELDS), info=json.loads(str(data["info"])))
+            return Records(**{k: data[k] for k in RECORD_FIELDS},
+                           info=json.loads(str(data["info"])))
 
     def usable(self, min_relative_update: float = F.MIN_RELATIVE_UPDATE) -> np.ndarray:
         """Pulses that moved the device measurably in their own direction without saturating."""

@@ -1,7 +1,8 @@
 """The ``predictor`` strategy of ``/program`` (the default), and the service's loaded model.
 
-``service.programming`` imports this module at its end, which registers the strategy and makes
-it the default. The model is loaded when the service starts (:func:`startup`); if it cannot be
+The service registers the strategy and makes it the default where it builds its app
+(:func:`register_predictor_strategy`, called in ``service/app.py``; never by an import side
+effect). The model is loaded when the service starts (:func:`startup`); if it cannot be
 loaded the service still starts, ``/health`` says why, ``/program`` falls back to ``ispp`` as
 its default, and an explicit ``strategy: "predictor"`` is answered with an error.
 :func:`reload` swaps in a new model file (e.g. one fine-tuned on the lab's own ``/export``)
@@ -21,8 +22,8 @@ import numpy as np
 from drivers.base import Limits
 from predictor.control import PolicyConfig, PredictorPlanner
 from predictor.runtime import DEFAULT_MODEL, PulsePredictor
-from service.programming import Planner, Strategy, register_strategy, set_default_strategy
-from service.validation import RequestProblem
+from programming.errors import InvalidRequest
+from programming.strategies import Planner, Strategy, register_strategy, set_default_strategy
 
 FALLBACK_STRATEGY = "ispp"
 
@@ -106,7 +107,6 @@ def _lazy_default() -> PulsePredictor:
         return _state["predictor"]
 
 
-@register_strategy("predictor")
 @dataclass(frozen=True)
 class PredictorStrategy(Strategy):
     """Neural pulse predictor: predict, pulse, read, re-predict with the device's own latent.
@@ -128,7 +128,7 @@ class PredictorStrategy(Strategy):
         leave the model no amplitude of a polarity."""
         p = current()
         if abs(v_read - p.v_read) > 1e-9:
-            raise RequestProblem(
+            raise InvalidRequest(
                 ["v_read"],
                 f"the predictor works on conductances read at {p.v_read} V; got {v_read} V "
                 "(use another strategy to program at another read voltage)",
@@ -138,7 +138,7 @@ class PredictorStrategy(Strategy):
         bad = (target < lo) | (target > hi)
         if np.any(bad):
             i = int(np.argmax(bad))
-            raise RequestProblem(
+            raise InvalidRequest(
                 ["targets", i, "conductance"],
                 f"predictor: {target[i]:.4g} S is outside the predictor's trained range "
                 f"[{lo:.4g}, {hi:.4g}] S",
@@ -150,7 +150,7 @@ class PredictorStrategy(Strategy):
                                             (reset_v, "v_reset_max", "RESET",
                                              limits.v_reset_max)):
             if allowed.size == 0:
-                raise RequestProblem(
+                raise InvalidRequest(
                     ["strategy"],
                     f"the service's limit {field} = {limit} V allows none of the predictor's "
                     f"{name} amplitudes {p.voltages(name.lower()).tolist()} V",
@@ -202,4 +202,7 @@ class _ServicePlanner(Planner):
         return self.inner.choose(idx, g)
 
 
-set_default_strategy("predictor")
+def register_predictor_strategy() -> None:
+    """Make ``predictor`` selectable in ``/program`` and jobs, and the default strategy."""
+    register_strategy("predictor")(PredictorStrategy)
+    set_default_strategy("predictor")

@@ -75,6 +75,12 @@ class PolarityNet(nn.Module):
     module, so the exported graph takes raw SI values.
     """
 
+    # buffers (register_buffer), typed for the checker
+    v_center: torch.Tensor
+    v_half: torch.Tensor
+    y_mean: torch.Tensor
+    y_std: torch.Tensor
+
     def __init__(self, is_set: bool, hidden: tuple[int, ...], y_mean: float, y_std: float):
         super().__init__()
         self.is_set = is_set
@@ -145,7 +151,7 @@ def fit_polarity(
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=4)
     gen = torch.Generator().manual_seed(cfg.seed + 17)
-    best = (float("inf"), None, -1)
+    best: tuple[float, dict[str, torch.Tensor] | None, int] = (float("inf"), None, -1)
     history = []
     n = x_tr.shape[0]
     for epoch in range(cfg.epochs):
@@ -171,6 +177,7 @@ def fit_polarity(
         if epoch % 10 == 0:
             log(f"  {'SET' if is_set else 'RESET'} epoch {epoch:3d}  train {total / n:.5f}  "
                 f"val {val_loss:.5f}  lr {opt.param_groups[0]['lr']:.1e}")
+    assert best[1] is not None, "no epoch ran"
     net.load_state_dict(best[1])
     net.eval()
     with torch.no_grad():

@@ -5,28 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
-import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI
 
-from drivers.base import Backend, BackendError, BackendUnavailable, LimitError
+from drivers.base import Backend
 from drivers.factory import make_backend
 from predictor import strategy as predictor_strategy
-from predictor.runtime import OutOfRangeError
+from service import errors
 from service import metrics as metrics_module
 from service.auth import AuthMiddleware, AuthState, KeyStore, require, require_by_method
 from service.body_limit import BodyLimitMiddleware, default_max_body_bytes
 from service.config import Settings, load_settings
 from service.jobs import JobManager
 from service.metrics import LatencyMiddleware, MeteredStorage, Metrics
-from service.owner import BackendOwner, EmergencyStopped
-from service.programming import StrategyFailure
+from service.owner import BackendOwner
 from service.routers import (
     array,
     array_map,
@@ -41,8 +35,6 @@ from service.routers import (
 )
 from service.routers import predictor as predictor_router
 from service.state import ServiceState
-from service.storage import LogUnavailable
-from service.validation import limit_problem
 
 API_PREFIX = "/api/v1"
 
@@ -72,6 +64,9 @@ def create_app(
     """
     settings = settings if settings is not None else load_settings()
     metrics = Metrics()
+    # The strategies /program and jobs offer: the classic ones (programming.classic) and the
+    # pulse predictor's, registered here and made the default.
+    predictor_strategy.register_predictor_strategy()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -144,56 +139,7 @@ def create_app(
     app.include_router(metrics_module.router)
     dashboard.install(app)  # the page at / and its files at /static
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # FastAPI's own handler, except that a NaN or infinity in the echoed input (Python's
-        # JSON parser accepts them) is given back as text: JSON cannot carry it (was a 500).
-        return JSONResponse(status_code=422,
-                            content={"detail": _finite(jsonable_encoder(exc.errors()))})
-
-    @app.exception_handler(StrategyFailure)
-    async def _strategy_failed(request: Request, exc: StrategyFailure) -> JSONResponse:
-        return JSONResponse(status_code=500, content={
-            "detail": f"{exc}; the run is recorded as failed with every operation it made "
-                      "(GET /api/v1/runs)"})
-
-    @app.exception_handler(OutOfRangeError)
-    async def _out_of_range(request: Request, exc: OutOfRangeError) -> JSONResponse:
-        # The predictor refuses targets outside the range it was trained on (no extrapolation).
-        return JSONResponse(status_code=422, content={"detail": f"predictor: {exc}"})
-
-    @app.exception_handler(predictor_strategy.PredictorUnavailable)
-    async def _no_predictor(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse(status_code=503, content={"detail": str(exc)})
-
-    @app.exception_handler(EmergencyStopped)
-    async def _estopped(request: Request, exc: EmergencyStopped) -> JSONResponse:
-        return JSONResponse(status_code=409, content={"detail": str(exc)})
-
-    @app.exception_handler(LimitError)
-    async def _limit(request: Request, exc: LimitError) -> JSONResponse:
-        # Normally caught before queueing; this catches a backend's own, stricter check.
-        problem = limit_problem(exc)
-        return JSONResponse(status_code=problem.status_code, content={"detail": problem.detail})
-
-    @app.exception_handler(LogUnavailable)
-    async def _log_unavailable(request: Request, exc: LogUnavailable) -> JSONResponse:
-        return JSONResponse(status_code=503, content={"detail": str(exc)})
-
-    @app.exception_handler(sqlite3.OperationalError)
-    async def _database(request: Request, exc: sqlite3.OperationalError) -> JSONResponse:
-        # A read of the history while the database is gone or locked: no answer to give.
-        return JSONResponse(status_code=503, content={
-            "detail": f"database unavailable: {type(exc).__name__}: {exc}"})
-
-    @app.exception_handler(BackendUnavailable)
-    async def _unavailable(request: Request, exc: BackendUnavailable) -> JSONResponse:
-        return JSONResponse(status_code=503, content={"detail": f"backend unavailable: {exc}"})
-
-    @app.exception_handler(BackendError)
-    async def _failed(request: Request, exc: BackendError) -> JSONResponse:
-        return JSONResponse(status_code=502, content={"detail": f"backend error: {exc}"})
-
+    errors.install(app)  # domain errors → HTTP: the one table in service/errors.py
     return app
 
 
@@ -219,14 +165,3 @@ async def _watch_log(owner: BackendOwner) -> None:
                 await owner.recover_log()
         except Exception:  # keep watching whatever happened
             log.exception("checking the operation log failed")
-
-
-def _finite(value: object) -> object:
-    """``value`` with every non-finite float replaced by its text ("nan", "inf")."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value

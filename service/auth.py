@@ -26,6 +26,7 @@ refuses to start bound to anything but a loopback address while it is off
 from __future__ import annotations
 
 import asyncio
+import builtins
 import hashlib
 import ipaddress
 import math
@@ -144,6 +145,7 @@ class KeyStore:
                 )
         finally:
             conn.close()
+        assert cur.lastrowid is not None  # an INSERT names its row
         return int(cur.lastrowid), key
 
     def list(self) -> list[dict]:
@@ -182,7 +184,7 @@ class KeyStore:
             conn.close()
         return None if row is None else Principal(row["name"], row["scope"], row["id"])
 
-    def valid_keys(self) -> list[tuple[str, Principal]]:
+    def valid_keys(self) -> builtins.list[tuple[str, Principal]]:
         """Every valid key as (SHA-256 hex, holder): what :class:`KeyCache` holds."""
         conn = self._connect()
         try:

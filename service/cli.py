@@ -2,6 +2,8 @@
 
 Each subcommand imports its implementation lazily so that ``memprog --help`` stays fast and the
 service never imports training code.
+
+The predictor's handlers are in ``predictor/cli.py`` (the same concept on the other side).
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ import sys
 from collections.abc import Sequence
 
 
-def _bench_sim(args: argparse.Namespace) -> int:
-    from sim_backend.bench import run_sim_benchmark
+def _benchmark_sim(args: argparse.Namespace) -> int:
+    from sim_backend.benchmark import run_sim_benchmark
 
     return run_sim_benchmark(
         rows=args.rows, cols=args.cols, seed=args.seed, repeats=args.repeats, report=args.report
@@ -25,8 +27,8 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(config=args.config, host=args.host, port=args.port, log_level=args.log_level)
 
 
-def _bench_api(args: argparse.Namespace) -> int:
-    from service.bench_api import run_api_benchmark
+def _benchmark_api(args: argparse.Namespace) -> int:
+    from service.benchmark import run_api_benchmark
 
     return run_api_benchmark(
         url=args.url,
@@ -41,12 +43,12 @@ def _bench_api(args: argparse.Namespace) -> int:
 
 
 def _emulate(args: argparse.Namespace) -> int:
-    from sim_backend.emulators import run_emulators
+    from drivers.visa.emulators import run_emulators
 
     return run_emulators(args.config)
 
 
-def _bench_visa(args: argparse.Namespace) -> int:
+def _benchmark_visa(args: argparse.Namespace) -> int:
     from drivers.visa.benchmark import run_visa_benchmark
 
     return run_visa_benchmark(
@@ -54,8 +56,8 @@ def _bench_visa(args: argparse.Namespace) -> int:
     )
 
 
-def _bench_memory(args: argparse.Namespace) -> int:
-    from predictor.memory_bench import run_memory_benchmark
+def _benchmark_memory(args: argparse.Namespace) -> int:
+    from service.benchmark_memory import run_memory_benchmark
 
     return run_memory_benchmark(rows=args.rows, cols=args.cols, seed=args.seed,
                                 rounds=args.rounds, read_noise=args.read_noise,
@@ -68,10 +70,10 @@ def _train(args: argparse.Namespace) -> int:
     return train_command(args)
 
 
-def _bench_programming(args: argparse.Namespace) -> int:
-    from predictor.cli import bench_command
+def _benchmark_programming(args: argparse.Namespace) -> int:
+    from predictor.cli import benchmark_command
 
-    return bench_command(args)
+    return benchmark_command(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=_serve)
 
-    bench = sub.add_parser("bench", help="benchmarks that print their figures")
-    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    # "bench" is the lab bench (instruments); measurements of speed and accuracy are benchmarks.
+    benchmark = sub.add_parser("benchmark", help="benchmarks that print their figures")
+    bench_sub = benchmark.add_subparsers(dest="benchmark", required=True)
 
     sim = bench_sub.add_parser("sim", help="simulated crossbar: pulse/read speed, accuracy")
     sim.add_argument("--rows", type=int, default=256)
@@ -99,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--repeats", type=int, default=3, help="timed repetitions (best is kept)")
     sim.add_argument("--report", default=None, help="write the figures as JSON to this path")
-    sim.set_defaults(func=_bench_sim)
+    sim.set_defaults(func=_benchmark_sim)
 
     api = bench_sub.add_parser(
         "api", help="REST service: latency, throughput, server memory (starts one if no --url)"
@@ -116,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--server-pid", type=int, default=None, help="pid of the --url server (peak memory)"
     )
     api.add_argument("--report", default=None, help="write the figures as JSON to this path")
-    api.set_defaults(func=_bench_api)
+    api.set_defaults(func=_benchmark_api)
 
     visa = bench_sub.add_parser(
         "visa", help="VISA bench over loopback emulators: SCPI round trips, time per cycle"
@@ -125,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     visa.add_argument("--cycles", type=int, default=200, help="pulse-and-verify cycles each")
     visa.add_argument("--timing", action="store_true", help="emulate instrument timing (NPLC)")
     visa.add_argument("--report", default=None, help="write the figures as JSON to this path")
-    visa.set_defaults(func=_bench_visa)
+    visa.set_defaults(func=_benchmark_visa)
 
     prog = bench_sub.add_parser(
         "programming", help="pulse predictor vs baselines on held-out simulated devices"
@@ -144,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     prog.add_argument("--baseline-max-pulses", type=int, default=200, help="ispp/fixed budget")
     prog.add_argument("--no-bound", action="store_true", help="skip the blind one-shot bound")
     prog.add_argument("--no-plots", action="store_true", help="JSON only")
-    prog.set_defaults(func=_bench_programming)
+    prog.set_defaults(func=_benchmark_programming)
 
     memory = bench_sub.add_parser(
         "memory", help="device memory: one shot and write-and-verify with and without it"
@@ -155,8 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     memory.add_argument("--rounds", type=int, default=3)
     memory.add_argument("--read-noise", type=float, default=0.0, help="relative σ of reads")
     memory.add_argument("--burn-in", type=int, default=4, help="full SET/RESET cycles first")
-    memory.add_argument("--report", default="reports/bench_memory.json", help="JSON report")
-    memory.set_defaults(func=_bench_memory)
+    memory.add_argument("--report", default="reports/benchmark_memory.json", help="JSON report")
+    memory.set_defaults(func=_benchmark_memory)
 
     train = sub.add_parser("train", help="train, evaluate and export the pulse predictor")
     train.add_argument("--out", default="predictor/models/default.onnx", help="ONNX file")
@@ -183,8 +186,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DEPRECATED = {"bench": "benchmark"}
+"""Old subcommand names still accepted (lab scripts), each with a note on stderr."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DEPRECATED:
+        print(f"memprog: '{argv[0]}' is now '{DEPRECATED[argv[0]]}'; the old name will go",
+              file=sys.stderr)
+        argv[0] = DEPRECATED[argv[0]]
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 

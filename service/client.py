@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import httpx
 
@@ -217,7 +218,7 @@ class MemprogClient:
 
     def export_csv(self, run_id: int | None = None) -> str:
         """Every recorded operation (or one run's) as CSV text."""
-        params: dict[str, object] = {"format": "csv"}
+        params: dict[str, str | int] = {"format": "csv"}
         if run_id is not None:
             params["run_id"] = run_id
         response = self._http.get(f"{API}/export", params=params)
@@ -226,7 +227,7 @@ class MemprogClient:
 
     # --- plumbing ---------------------------------------------------------------------------
 
-    def _get(self, path: str, **params: object) -> object:
+    def _get(self, path: str, **params: Any) -> object:
         response = self._http.get(API + path, params=params or None)
         _raise_for(response)
         return response.json()

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import (
@@ -293,12 +294,12 @@ NOT_SETTINGS = ("MEMPROG_HEALTH_URL", "MEMPROG_CHROMIUM", "MEMPROG_FUZZ_")
 or prefixes ending in '_'."""
 
 
-def check_environment(environ: dict[str, str] | None = None) -> None:
+def check_environment(environ: Mapping[str, str] | None = None) -> None:
     """Refuse a ``MEMPROG_`` variable that names no setting: a typo such as
     ``MEMPROG_LIMIT__V_SET_MAX`` would otherwise be ignored, the limit silently left as it is."""
-    environ = os.environ if environ is None else environ
+    variables = os.environ if environ is None else environ
     known = set(Settings.model_fields)
-    for key in sorted(environ):
+    for key in sorted(variables):
         upper = key.upper()
         if not upper.startswith("MEMPROG_") or any(
             upper == n or (n.endswith("_") and upper.startswith(n)) for n in NOT_SETTINGS
@@ -312,7 +313,7 @@ def check_environment(environ: dict[str, str] | None = None) -> None:
             )
 
 
-def load_settings(config_file: str | Path | None = None, **overrides: object) -> Settings:
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
     """Settings from the environment, over the TOML ``config_file`` if given, over defaults.
     An environment variable that names no setting is refused (:func:`check_environment`)."""
     check_environment()

@@ -60,6 +60,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -342,7 +343,7 @@ def _write_runs(h5: h5py.File, runs: list[dict]) -> None:
     )
 
 
-def _run_value(name: str, value: object) -> object:
+def _run_value(name: str, value: Any) -> object:
     if name == "backend":
         return _BACKEND_CODE.get(str(value), 0)
     if name in ("status", "strategy", "error"):

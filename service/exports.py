@@ -33,7 +33,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -205,7 +205,7 @@ class ExportResponse(StreamingResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         sent = 0
 
-        async def timed_send(message: dict) -> None:
+        async def timed_send(message: MutableMapping[str, Any]) -> None:
             nonlocal sent
             try:
                 # uvicorn's send waits while the connection's buffer is full: the client

@@ -3,7 +3,7 @@ request open, with progress, abort and a live progress stream.
 
 A job is one queued unit of work on the :class:`~service.owner.BackendOwner` (so jobs run one at a
 time, in the order they were submitted, interleaved with no other operation): it runs the same
-write-and-verify loop as ``/program`` (:func:`service.programming.program_cells`), asked before
+write-and-verify loop as ``/program`` (:func:`programming.loop.program_cells`), asked before
 every batched pulse whether to stop. Its record lives in SQLite (table ``jobs``):
 
 * its progress (cells done, cells converged, pulses) is written in the same transaction as each
@@ -16,11 +16,14 @@ Status: ``queued`` → ``running`` → ``completed`` | ``failed`` | ``aborted`` 
 (``queued`` → ``aborted`` when aborted before it ran); an end is final (the database and the
 in-memory record both keep it). An abort (``POST /jobs/{id}/abort``, or
 an emergency stop for every job) takes effect before the job's next pulse.
+
+Its HTTP side is ``service/routers/jobs.py`` (the same concept: jobs, as a resource).
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import threading
 import time
@@ -29,9 +32,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from drivers.base import Backend
+from programming import ProgramJob, Progress, program_cells
 from service.models import JOB_TERMINAL, JobRecord, JobStatus
 from service.owner import BackendOwner, EmergencyStopped
-from service.programming import ProgramJob, Progress, program_cells
+from service.recording import LogRecorder
 from service.storage import Storage
 
 log = logging.getLogger("memprog.jobs")
@@ -129,7 +133,7 @@ class JobManager:
         """Store a ``queued`` job and queue it for the backend; its record."""
         stops = self.owner.stops
 
-        def store() -> tuple[_Job, list[_Job]]:
+        def store() -> tuple[_Job, builtins.list[_Job]]:
             # Stored and registered in one step: no moment when the job is in the database
             # but unknown to abort, the emergency stop and the progress stream.
             job_id = self.storage.create_job(
@@ -206,7 +210,8 @@ class JobManager:
             await asyncio.sleep(0.02)
         return await self.get(job_id)
 
-    def stop_all(self, message: str = ESTOP_MESSAGE) -> tuple[list[int], list[_Job]]:
+    def stop_all(self, message: str = ESTOP_MESSAGE
+                 ) -> tuple[builtins.list[int], builtins.list[_Job]]:
         """Emergency stop, at once (no I/O): ask every queued and running job to stop. Their
         ids, and the queued ones, whose end :meth:`end_queued` records."""
         with self._lock:
@@ -214,7 +219,7 @@ class JobManager:
             queued = self._flag(handles, "aborted", message)
         return sorted(h.id for h in handles), queued
 
-    async def end_queued(self, handles: list[_Job]) -> None:
+    async def end_queued(self, handles: builtins.list[_Job]) -> None:
         for handle in handles:
             await asyncio.to_thread(self._end_queued, handle)
 
@@ -227,13 +232,13 @@ class JobManager:
         for handle in queued:
             self._end_queued(handle)
 
-    async def _abort(self, handles: list[_Job], status: str, message: str) -> None:
+    async def _abort(self, handles: builtins.list[_Job], status: str, message: str) -> None:
         with self._lock:
             queued = self._flag(handles, status, message)
         for handle in queued:
             await asyncio.to_thread(self._end_queued, handle)
 
-    def _flag(self, handles: list[_Job], status: str, message: str) -> list[_Job]:
+    def _flag(self, handles: builtins.list[_Job], status: str, message: str) -> builtins.list[_Job]:
         """Under the lock: ask ``handles`` to stop; the ones still queued (ended here)."""
         queued = []
         for handle in handles:
@@ -303,9 +308,11 @@ class JobManager:
                 pulses=progress.pulses,
             )
 
+        error: str | None
         try:
             outcome = program_cells(
-                backend, storage, job, should_stop=should_stop, on_progress=on_progress
+                backend, LogRecorder(storage), job, should_stop=should_stop,
+                on_progress=on_progress,
             )
         except BaseException as exc:
             failure = f"{type(exc).__name__}: {exc}"

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -50,7 +51,7 @@ class ServerProcess:
         self._startup_timeout = startup_timeout
         self._nofile = nofile
         self.process: subprocess.Popen | None = None
-        self._log = None
+        self._log: IO[bytes] | int | None = None
 
     @property
     def pid(self) -> int:
@@ -82,6 +83,7 @@ class ServerProcess:
 
     def _limit_files(self) -> None:
         """In the child, before exec."""
+        assert self._nofile is not None
         resource.setrlimit(resource.RLIMIT_NOFILE, (self._nofile, self._nofile))
 
     def peak_rss_bytes(self) -> int | None:
@@ -98,7 +100,7 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=timeout)
-        if self._log not in (None, subprocess.DEVNULL):
+        if not isinstance(self._log, int | None):  # a file of ours, not DEVNULL
             self._log.close()
         return self.process.returncode
 

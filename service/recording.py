@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from drivers.base import Backend, BackendError, LimitError
+from drivers.base import Backend, BackendError, LimitError, ReadResult
+from programming.loop import RunParams
 from service.storage import UNCERTAIN_FIRE, Storage
 
 UNCERTAIN = UNCERTAIN_FIRE
@@ -60,3 +61,37 @@ def pulse_and_record(
     # (its verify read and progress are journaled too) and the next reservation refuses.
     storage.settle_pulses(first, rows.size, rows.size)
     storage.commit()
+
+
+class LogRecorder:
+    """The programming loop's :class:`programming.loop.Recorder` on the service's operation log:
+    every read and run goes to ``storage``, every pulse through :func:`pulse_and_record`."""
+
+    def __init__(self, storage: Storage):
+        self.storage = storage
+
+    def start_run(self, params: RunParams) -> int:
+        return self.storage.start_run(params)
+
+    def record_read(self, result: ReadResult, run_id: int | None = None) -> None:
+        self.storage.record_read(result, run_id)
+
+    def fire(self, backend: Backend, rows: np.ndarray, cols: np.ndarray, voltage: np.ndarray,
+             width: np.ndarray, run_id: int | None = None) -> None:
+        pulse_and_record(backend, self.storage, rows, cols, voltage, width, run_id)
+
+    def commit(self) -> None:
+        self.storage.commit()
+
+    def device_memory(self, key: str, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        return self.storage.device_memory(key, rows, cols)
+
+    def save_device_memory(self, key: str, rows: np.ndarray, cols: np.ndarray,
+                           values: np.ndarray, run_id: int | None = None) -> None:
+        self.storage.save_device_memory(key, rows, cols, values, run_id)
+
+    def finish_run(self, run_id: int, **results) -> None:
+        self.storage.finish_run(run_id, **results)
+
+    def fail_run(self, run_id: int, error: str) -> int | None:
+        return self.storage.fail_run(run_id, error)

@@ -75,14 +75,14 @@ def serve(
             # On SIGTERM uvicorn waits for open responses before the service's own shutdown
             # (jobs 'interrupted', safe state) runs; a job's progress stream stays open as long
             # as the job: bounded, or a watching dashboard would keep a stopped service pulsing.
-            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,  # type: ignore[arg-type]  # s, float
             # Bounded connections, idle ones evicted first, a header timeout: a flood of silent
             # sockets cannot take the descriptors an emergency stop needs. No WebSocket
             # upgrade (the API has none): it would take a connection out of the guard.
             http=connections.guarded_protocol(AutoHTTPProtocol, guard),
             ws="none",
             backlog=settings.server.backlog,
-            timeout_keep_alive=settings.server.keep_alive_s,  # s; uvicorn takes a float too
+            timeout_keep_alive=settings.server.keep_alive_s,  # type: ignore[arg-type]  # s; a float works
         )
     finally:
         reservation.release()  # if the storage never adopted it (a failed start)

@@ -27,13 +27,13 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
 
 import numpy as np
 
 from drivers.base import ReadResult
+from programming.loop import RunParams
 from service import dblock
 from service.journal import DEFAULT_SIZE as JOURNAL_SIZE
 from service.journal import SideJournal, journal_path
@@ -248,16 +248,6 @@ def journaled(method: Callable) -> Callable:
     return wrapper
 
 
-@dataclass(frozen=True)
-class RunParams:
-    strategy: str
-    tolerance: float
-    max_pulses: int
-    verify: bool
-    v_read: float
-    n_targets: int
-
-
 def _migrate(conn: sqlite3.Connection) -> None:
     """Bring a database written by an older memprog up to the current schema (additive only)."""
     columns = {row[1] for row in conn.execute("PRAGMA table_info(operations)")}
@@ -284,7 +274,183 @@ def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
-class Storage:
+class LogReader:
+    """The operation log's read queries, each on its own short read-only connection to
+    ``path``: shared by the live :class:`Storage` and by a :class:`Snapshot` of it."""
+
+    path: Path
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = _connect(self.path, readonly=True)
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    def list_runs(self, limit: int = 100, offset: int = 0) -> list[dict]:
+        conn = self._reader()
+        try:
+            rows = conn.execute(
+                f"SELECT {', '.join(RUN_COLUMNS)} FROM runs ORDER BY id DESC LIMIT ? OFFSET ?",
+                (limit, offset),
+            ).fetchall()
+        finally:
+            conn.close()
+        return [_run_dict(row) for row in rows]
+
+    def get_run(self, run_id: int) -> dict | None:
+        conn = self._reader()
+        try:
+            row = conn.execute(
+                f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE id = ?", (run_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            run = _run_dict(row)
+            results = conn.execute(
+                "SELECT row, col, start, target, final, pulses, converged, stopped "
+                "FROM run_results WHERE run_id = ? ORDER BY idx",
+                (run_id,),
+            ).fetchall()
+        finally:
+            conn.close()
+        run["results"] = [
+            {
+                "row": r["row"],
+                "col": r["col"],
+                "start": r["start"],
+                "target": r["target"],
+                "final": r["final"],
+                "pulses": r["pulses"],
+                "converged": None if r["converged"] is None else bool(r["converged"]),
+                "stopped": r["stopped"],
+            }
+            for r in results
+        ]
+        return run
+
+    def run_traces(self, run_id: int) -> dict[tuple[int, int], list[dict]]:
+        """Per cell, each pulse of the run with the read that followed it (if any)."""
+        conn = self._reader()
+        try:
+            ops = conn.execute(
+                "SELECT kind, row, col, voltage, width, conductance FROM operations "
+                "WHERE run_id = ? ORDER BY id",
+                (run_id,),
+            ).fetchall()
+        finally:
+            conn.close()
+        traces: dict[tuple[int, int], list[dict]] = {}
+        for op in ops:
+            cell = (op["row"], op["col"])
+            steps = traces.setdefault(cell, [])
+            if op["kind"] == "pulse":
+                steps.append({"voltage": op["voltage"], "width": op["width"], "conductance": None})
+            elif steps and steps[-1]["conductance"] is None:
+                steps[-1]["conductance"] = op["conductance"]
+        return traces
+
+    def iter_operations(
+        self, run_id: int | None = None, batch: int = 5000, upto_id: int | None = None
+    ) -> Iterator[tuple]:
+        """Every operation (or a run's) up to ``upto_id`` (default: the last one now), in
+        execution order, as tuples in :data:`OPERATION_COLUMNS` order.
+
+        Read ``batch`` rows at a time (:meth:`operations_page`), each page its own short read:
+        a consumer that stops half-way (a stalled client) never holds the database, so the WAL
+        is checkpointed meanwhile. The bound makes it a snapshot all the same: what is written
+        while it runs is not in it."""
+        upto = self.last_operation_id() if upto_id is None else upto_id
+        after = 0
+        while page := self.operations_page(after, upto, run_id, batch):
+            yield from page
+            after = page[-1][0]
+
+    def operations_page(
+        self, after_id: int, upto_id: int, run_id: int | None = None, limit: int = 5000
+    ) -> list[tuple]:
+        """Up to ``limit`` operations with ``after_id < id <= upto_id`` (of run ``run_id`` if
+        given) in execution order, as tuples in :data:`OPERATION_COLUMNS` order: one short read
+        — a primary-key range scan (by run: the run index), however large the log."""
+        sql = f"SELECT {', '.join(OPERATION_COLUMNS)} FROM operations WHERE id > ? AND id <= ?"
+        args: tuple = (after_id, upto_id)
+        if run_id is not None:
+            sql += " AND run_id = ?"
+            args += (run_id,)
+        conn = _connect(self.path, readonly=True)
+        try:
+            return conn.execute(f"{sql} ORDER BY id LIMIT ?", (*args, limit)).fetchall()
+        finally:
+            conn.close()
+
+    def _iter_operations(self, run_id: int | None, order: str, batch: int) -> Iterator[tuple]:
+        # One read for the whole iteration: for a :class:`Snapshot` (nobody writes to it); on
+        # the live database it would keep the WAL from being checkpointed until it ends.
+        conn = _connect(self.path, readonly=True)
+        try:
+            sql = f"SELECT {', '.join(OPERATION_COLUMNS)} FROM operations"
+            args: tuple = ()
+            if run_id is not None:
+                sql += " WHERE run_id = ?"
+                args = (run_id,)
+            cur = conn.execute(f"{sql} ORDER BY {order}", args)
+            while rows := cur.fetchmany(batch):
+                yield from rows
+        finally:
+            conn.close()
+
+    def count_operations(self) -> dict[str, int]:
+        conn = _connect(self.path, readonly=True)
+        try:
+            counts = dict(conn.execute("SELECT kind, COUNT(*) FROM operations GROUP BY kind"))
+        finally:
+            conn.close()
+        return {"read": counts.get("read", 0), "pulse": counts.get("pulse", 0)}
+
+    def reads_after(self, after_id: int = 0, limit: int = 100_000) -> list[tuple]:
+        """Up to ``limit`` reads with ``id > after_id`` in execution order, as tuples
+        ``(id, row, col, conductance S, time Unix s)`` — a primary-key range scan, so a caller
+        keeping the last id it saw (the dashboard's conductance map) reads only what is new."""
+        conn = _connect(self.path, readonly=True)
+        try:
+            return conn.execute(
+                "SELECT id, row, col, conductance, time FROM operations "
+                "WHERE id > ? AND kind = 'read' ORDER BY id LIMIT ?",
+                (after_id, limit),
+            ).fetchall()
+        finally:
+            conn.close()
+
+    def last_operation_id(self) -> int:
+        """The id of the newest operation, 0 when there is none."""
+        conn = _connect(self.path, readonly=True)
+        try:
+            return int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM operations").fetchone()[0])
+        finally:
+            conn.close()
+
+    def iter_operations_by_cell(
+        self, run_id: int | None = None, batch: int = 5000
+    ) -> Iterator[tuple]:
+        """Every operation (or a run's), grouped by cell — ordered by row, col, then execution
+        order — as tuples in :data:`OPERATION_COLUMNS` order (the per-cell HDF5 export).
+
+        One read for the whole iteration (there is no index to page by cell): call it on a
+        :class:`Snapshot` (:meth:`snapshot`), never on the live log of a running service."""
+        return self._iter_operations(run_id, "row, col, id", batch)
+
+    def list_all_runs(self) -> list[dict]:
+        """Every run, oldest first (without per-cell results)."""
+        conn = self._reader()
+        try:
+            rows = conn.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs ORDER BY id").fetchall()
+        finally:
+            conn.close()
+        return [_run_dict(row) for row in rows]
+
+
+    # --- jobs (service/jobs.py) --------------------------------------------------------------
+
+
+class Storage(LogReader):
     """The operation log. Write methods belong to one thread (the backend owner's)."""
 
     def __init__(
@@ -511,6 +677,7 @@ class Storage:
                 self._broke(exc)
                 raise LogUnavailable(f"log unavailable, nothing fired: {self.failure}") from exc
             self._pending.clear()
+            assert cur.lastrowid is not None  # an INSERT names its row
             return int(cur.lastrowid)
 
     @journaled
@@ -810,165 +977,6 @@ class Storage:
             (CRASHED_PENDING, PENDING),
         )
 
-    # --- reads (any thread; each call opens its own read-only connection) -------------------
-
-    def _reader(self) -> sqlite3.Connection:
-        conn = _connect(self.path, readonly=True)
-        conn.row_factory = sqlite3.Row
-        return conn
-
-    def list_runs(self, limit: int = 100, offset: int = 0) -> list[dict]:
-        conn = self._reader()
-        try:
-            rows = conn.execute(
-                f"SELECT {', '.join(RUN_COLUMNS)} FROM runs ORDER BY id DESC LIMIT ? OFFSET ?",
-                (limit, offset),
-            ).fetchall()
-        finally:
-            conn.close()
-        return [_run_dict(row) for row in rows]
-
-    def get_run(self, run_id: int) -> dict | None:
-        conn = self._reader()
-        try:
-            row = conn.execute(
-                f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE id = ?", (run_id,)
-            ).fetchone()
-            if row is None:
-                return None
-            run = _run_dict(row)
-            results = conn.execute(
-                "SELECT row, col, start, target, final, pulses, converged, stopped "
-                "FROM run_results WHERE run_id = ? ORDER BY idx",
-                (run_id,),
-            ).fetchall()
-        finally:
-            conn.close()
-        run["results"] = [
-            {
-                "row": r["row"],
-                "col": r["col"],
-                "start": r["start"],
-                "target": r["target"],
-                "final": r["final"],
-                "pulses": r["pulses"],
-                "converged": None if r["converged"] is None else bool(r["converged"]),
-                "stopped": r["stopped"],
-            }
-            for r in results
-        ]
-        return run
-
-    def run_traces(self, run_id: int) -> dict[tuple[int, int], list[dict]]:
-        """Per cell, each pulse of the run with the read that followed it (if any)."""
-        conn = self._reader()
-        try:
-            ops = conn.execute(
-                "SELECT kind, row, col, voltage, width, conductance FROM operations "
-                "WHERE run_id = ? ORDER BY id",
-                (run_id,),
-            ).fetchall()
-        finally:
-            conn.close()
-        traces: dict[tuple[int, int], list[dict]] = {}
-        for op in ops:
-            cell = (op["row"], op["col"])
-            steps = traces.setdefault(cell, [])
-            if op["kind"] == "pulse":
-                steps.append({"voltage": op["voltage"], "width": op["width"], "conductance": None})
-            elif steps and steps[-1]["conductance"] is None:
-                steps[-1]["conductance"] = op["conductance"]
-        return traces
-
-    def iter_operations(
-        self, run_id: int | None = None, batch: int = 5000, upto_id: int | None = None
-    ) -> Iterator[tuple]:
-        """Every operation (or a run's) up to ``upto_id`` (default: the last one now), in
-        execution order, as tuples in :data:`OPERATION_COLUMNS` order.
-
-        Read ``batch`` rows at a time (:meth:`operations_page`), each page its own short read:
-        a consumer that stops half-way (a stalled client) never holds the database, so the WAL
-        is checkpointed meanwhile. The bound makes it a snapshot all the same: what is written
-        while it runs is not in it."""
-        upto = self.last_operation_id() if upto_id is None else upto_id
-        after = 0
-        while page := self.operations_page(after, upto, run_id, batch):
-            yield from page
-            after = page[-1][0]
-
-    def operations_page(
-        self, after_id: int, upto_id: int, run_id: int | None = None, limit: int = 5000
-    ) -> list[tuple]:
-        """Up to ``limit`` operations with ``after_id < id <= upto_id`` (of run ``run_id`` if
-        given) in execution order, as tuples in :data:`OPERATION_COLUMNS` order: one short read
-        — a primary-key range scan (by run: the run index), however large the log."""
-        sql = f"SELECT {', '.join(OPERATION_COLUMNS)} FROM operations WHERE id > ? AND id <= ?"
-        args: tuple = (after_id, upto_id)
-        if run_id is not None:
-            sql += " AND run_id = ?"
-            args += (run_id,)
-        conn = _connect(self.path, readonly=True)
-        try:
-            return conn.execute(f"{sql} ORDER BY id LIMIT ?", (*args, limit)).fetchall()
-        finally:
-            conn.close()
-
-    def _iter_operations(self, run_id: int | None, order: str, batch: int) -> Iterator[tuple]:
-        # One read for the whole iteration: for a :class:`Snapshot` (nobody writes to it); on
-        # the live database it would keep the WAL from being checkpointed until it ends.
-        conn = _connect(self.path, readonly=True)
-        try:
-            sql = f"SELECT {', '.join(OPERATION_COLUMNS)} FROM operations"
-            args: tuple = ()
-            if run_id is not None:
-                sql += " WHERE run_id = ?"
-                args = (run_id,)
-            cur = conn.execute(f"{sql} ORDER BY {order}", args)
-            while rows := cur.fetchmany(batch):
-                yield from rows
-        finally:
-            conn.close()
-
-    def count_operations(self) -> dict[str, int]:
-        conn = _connect(self.path, readonly=True)
-        try:
-            counts = dict(conn.execute("SELECT kind, COUNT(*) FROM operations GROUP BY kind"))
-        finally:
-            conn.close()
-        return {"read": counts.get("read", 0), "pulse": counts.get("pulse", 0)}
-
-    def reads_after(self, after_id: int = 0, limit: int = 100_000) -> list[tuple]:
-        """Up to ``limit`` reads with ``id > after_id`` in execution order, as tuples
-        ``(id, row, col, conductance S, time Unix s)`` — a primary-key range scan, so a caller
-        keeping the last id it saw (the dashboard's conductance map) reads only what is new."""
-        conn = _connect(self.path, readonly=True)
-        try:
-            return conn.execute(
-                "SELECT id, row, col, conductance, time FROM operations "
-                "WHERE id > ? AND kind = 'read' ORDER BY id LIMIT ?",
-                (after_id, limit),
-            ).fetchall()
-        finally:
-            conn.close()
-
-    def last_operation_id(self) -> int:
-        """The id of the newest operation, 0 when there is none."""
-        conn = _connect(self.path, readonly=True)
-        try:
-            return int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM operations").fetchone()[0])
-        finally:
-            conn.close()
-
-    def iter_operations_by_cell(
-        self, run_id: int | None = None, batch: int = 5000
-    ) -> Iterator[tuple]:
-        """Every operation (or a run's), grouped by cell — ordered by row, col, then execution
-        order — as tuples in :data:`OPERATION_COLUMNS` order (the per-cell HDF5 export).
-
-        One read for the whole iteration (there is no index to page by cell): call it on a
-        :class:`Snapshot` (:meth:`snapshot`), never on the live log of a running service."""
-        return self._iter_operations(run_id, "row, col, id", batch)
-
     def snapshot(self, dest: str | Path) -> int:
         """Copies the database to ``dest`` (a new file; SQLite's online backup, in one step:
         one short read, at disk speed, which writers do not wait for) and returns the id of the
@@ -986,18 +994,6 @@ class Storage:
                 dst.close()
         finally:
             src.close()
-
-    def list_all_runs(self) -> list[dict]:
-        """Every run, oldest first (without per-cell results)."""
-        conn = self._reader()
-        try:
-            rows = conn.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs ORDER BY id").fetchall()
-        finally:
-            conn.close()
-        return [_run_dict(row) for row in rows]
-
-
-    # --- jobs (service/jobs.py) --------------------------------------------------------------
 
     def create_job(
         self,
@@ -1033,6 +1029,7 @@ class Storage:
                     ),
                 )
                 conn.commit()
+                assert cur.lastrowid is not None  # an INSERT names its row
                 return int(cur.lastrowid)
             finally:
                 conn.close()
@@ -1115,21 +1112,12 @@ class Storage:
         return conn
 
 
-class Snapshot:
+class Snapshot(LogReader):
     """A copy of the log made by :meth:`Storage.snapshot`, read with the log's own read
-    methods. Nobody writes to it, so a read may take as long as it likes."""
+    queries (:class:`LogReader`). Nobody writes to it, so a read may take as long as it likes."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-
-    _reader = Storage._reader
-    get_run = Storage.get_run
-    list_all_runs = Storage.list_all_runs
-    last_operation_id = Storage.last_operation_id
-    operations_page = Storage.operations_page
-    iter_operations = Storage.iter_operations
-    iter_operations_by_cell = Storage.iter_operations_by_cell
-    _iter_operations = Storage._iter_operations
 
 
 def _job_update(job_id: int, fields: dict[str, object]) -> tuple[str, tuple]:

@@ -25,10 +25,17 @@ class RequestProblem(HTTPException):
         limit: float | None = None,
         status_code: int = 422,
     ):
-        item: dict[str, object] = {"loc": ["body", *loc], "msg": msg, "type": kind}
-        if limit is not None:
-            item["ctx"] = {"limit": limit}
-        super().__init__(status_code=status_code, detail=[item])
+        super().__init__(status_code=status_code, detail=problem_detail(loc, msg, kind, limit))
+
+
+def problem_detail(loc: Sequence[str | int], msg: str, kind: str, limit: float | None = None
+                   ) -> list[dict[str, object]]:
+    """A 422's ``detail``, shaped like pydantic's: the field (``loc`` in the body), what is
+    wrong, its kind, and the limit broken, if any."""
+    item: dict[str, object] = {"loc": ["body", *loc], "msg": msg, "type": kind}
+    if limit is not None:
+        item["ctx"] = {"limit": limit}
+    return [item]
 
 
 def limit_problem(exc: LimitError, prefix: Sequence[str | int] = ()) -> RequestProblem:

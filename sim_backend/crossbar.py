@@ -249,7 +249,7 @@ class Crossbar:
                 stuck=self._stuck,
                 stuck_N=self._stuck_N,
                 pulse_count=self.pulse_count,
-                **arrays,
+                **arrays,  # type: ignore[arg-type]  # numpy's stub types **kwds too narrowly
             )
             fh.flush()
             os.fsync(fh.fileno())

@@ -36,7 +36,7 @@ DEFAULT_TOL = 1e-6
 
 # Dormand–Prince 5(4) tableau.
 _C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
-_A = (
+_A: tuple[tuple[float, ...], ...] = (
     (),
     (1 / 5,),
     (3 / 40, 9 / 40),
@@ -112,13 +112,13 @@ def _polarity_group(
     l_disc = np.broadcast_to(np.asarray(params.l_disc, dtype=float), (n,))
     area = np.pi * r * r
     if is_set:
-        kc = set_coefficients(V)
-        k = {"A": kc.A, "B": kc.B, "c": kc.c, "d": kc.d, "f": kc.f}
+        ks = set_coefficients(V)
+        k = {"A": ks.A, "B": ks.B, "c": ks.c, "d": ks.d, "f": ks.f}
         scale = 1.0
         N_bound = np.broadcast_to(np.asarray(params.N_max, dtype=float), (n,))
     else:
-        kc = reset_coefficients(V)
-        k = {"g": kc.g, "h": kc.h}
+        kr = reset_coefficients(V)
+        k = {"g": kr.g, "h": kr.h}
         scale = const.R_th_reset_scale
         N_bound = np.broadcast_to(np.asarray(params.N_min, dtype=float), (n,))
     return _Polarity(

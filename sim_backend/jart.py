@@ -134,7 +134,7 @@ class DeviceParams:
 
 
 def _take(value: np.ndarray | float, index: np.ndarray) -> np.ndarray | float:
-    return value[index] if np.ndim(value) else value
+    return np.asarray(value)[index] if np.ndim(value) else value
 
 
 NOMINAL_DEVICE = DeviceParams()
@@ -202,7 +202,7 @@ def current_reset(N: np.ndarray, k: ResetCoefficients, fit: FitConstants = FIT) 
     return k.g / (1.0 + k.h * (N / fit.N_min_nom) ** (-fit.j0)) ** (1.0 / fit.k0)
 
 
-def current(N: np.ndarray, V: np.ndarray, params: FitConstants = FIT) -> np.ndarray:
+def current(N: np.ndarray, V: np.ndarray | float, params: FitConstants = FIT) -> np.ndarray:
     """Device current I(V, N) in A of the simplified JART v1b model, for arrays of N and V.
 
     N in 1e26 m^-3, V in volts (broadcast). See the module docstring for the equations.

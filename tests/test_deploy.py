@@ -184,7 +184,7 @@ def test_dockerfile_copy_set_builds_a_wheel_with_dashboard_and_model(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for path in ("service/static/index.html", "service/static/dashboard.js",
                  "service/static/dashboard.css", "predictor/models/default.onnx",
-                 "service/export_hdf5.py", "sim_backend/emulators/server.py"):
+                 "service/export_hdf5.py", "drivers/visa/emulators/runner.py"):
         assert path in names, path
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "memprog = service.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

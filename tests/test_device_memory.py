@@ -9,7 +9,7 @@ import sqlite3
 import numpy as np
 
 from predictor import strategy
-from predictor.memory_bench import run_scenario
+from service.benchmark_memory import run_scenario
 from service.storage import Storage
 
 

@@ -14,8 +14,8 @@ import pytest
 from drivers.base import BackendError, BackendUnavailable
 from drivers.sim import SimBackend
 from drivers.visa.bench import parse_bench
+from drivers.visa.emulators import EmulatorRunner
 from service.launch import ServerProcess
-from sim_backend.emulators import EmulatorRunner
 from tests.servers import visa_server_env
 from tests.test_jobs import TERMINAL, job_of, long_job, targets, wait_for
 

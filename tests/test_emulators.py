@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from drivers.visa.bench import parse_bench
+from drivers.visa.emulators import EmulatorRunner
 from sim_backend import Crossbar
-from sim_backend.emulators import EmulatorRunner
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -438,7 +438,7 @@ def test_a_disturbing_read_acts_as_whole_pulses_of_at_most_100_ms():
     """Beyond 0.3 V the SMU's source time acts on the device: 0.4 s is 4 pulses (4 cycles of
     cycle-to-cycle variation), not 4 and a leftover sliver."""
     from drivers.visa.bench import parse_bench
-    from sim_backend.emulators import EmulatorRunner
+    from drivers.visa.emulators import EmulatorRunner
 
     inst = {"resource": "TCPIP0::127.0.0.1::0::SOCKET"}
     config = parse_bench({"smu": inst, "pulser": inst, "emulator": {"timing": False}})

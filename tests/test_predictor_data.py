@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from predictor import features as F
-from predictor import metrics as M
+from predictor import scores as M
 from predictor.dataset import Records, SimulationConfig, load_export, simulate
 
 

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from predictor import metrics as M
+from predictor import scores as M
 from predictor.control import PolicyConfig, PredictorPlanner
 from predictor.evaluate import NominalInversePlanner, Scenario, fresh_array, one_shot, write_verify
 from predictor.runtime import DEFAULT_MODEL, OutOfRangeError, PulsePredictor
@@ -167,7 +167,7 @@ def test_blind_one_shot_on_held_out_devices_is_no_worse_than_the_noise_free_base
     baseline = M.within(M.rpd_update(g1, target, g0))["50%"]
     # Stated bound: blind one shot (device unknown) ≥ 35 % within ±50 % of the update — the
     # realistic preset's device-to-device spread of switching times (×100 and more) caps any
-    # blind rule near 55 % (see `memprog bench programming`, blind_bound) — and no worse than
+    # blind rule near 55 % (see `memprog benchmark programming`, blind_bound) — and no worse than
     # the noise-free baseline.
     assert ours >= 0.35
     assert ours >= baseline - 0.02
@@ -177,7 +177,7 @@ def test_runtime_and_service_do_not_import_torch():
     code = (
         "import sys\n"
         "import predictor.runtime, predictor.control, predictor.strategy, predictor.evaluate\n"
-        "import predictor.dataset, predictor.metrics, service.programming\n"
+        "import predictor.dataset, predictor.scores, programming\n"
         "from predictor.runtime import PulsePredictor\n"
         "PulsePredictor().predict_width(2e-4, 3e-4, -0.5, 0.0)\n"
         "try:\n"

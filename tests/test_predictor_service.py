@@ -8,7 +8,7 @@ import pytest
 
 from predictor import strategy
 from predictor.dataset import load_export
-from service.programming import default_strategy, strategy_names
+from programming import default_strategy, strategy_names
 
 API = "/api/v1"
 

@@ -45,7 +45,7 @@ def test_lab_script_scenario(tmp_path):
         assert all(r.conductance > 400e-6 for r in pulsed.readings)
 
         # 64 cells, rows 0…3, targets across the window; budget 100 pulses per cell (ISPP on
-        # this device needs ≈25 median, ≈65 at worst: see service.programming.IsppStrategy).
+        # this device needs ≈25 median, ≈65 at worst: see programming.classic.IsppStrategy).
         rng = np.random.default_rng(1)
         targets = [(i // COLS, i % COLS, float(g)) for i, g in
                    enumerate(rng.uniform(110e-6, 540e-6, 64))]

@@ -9,7 +9,8 @@ import pytest
 
 from drivers.base import BackendUnavailable, Limits
 from drivers.sim import SimBackend
-from service.programming import (
+from predictor.strategy import register_predictor_strategy
+from programming import (
     ProgramJob,
     default_strategy,
     get_strategy,
@@ -17,7 +18,11 @@ from service.programming import (
     set_default_strategy,
     strategy_names,
 )
+from service.recording import LogRecorder
 from service.storage import Storage
+
+# What the service does where it builds its app: the predictor's strategy is registered explicitly.
+register_predictor_strategy()
 
 TARGET_RANGE = (110e-6, 540e-6)  # S, inside the nominal window 94…559 µS
 
@@ -117,7 +122,7 @@ def test_fixed_takes_polarity_from_the_error_sign():
 def test_ispp_converges_64_realistic_cells_to_2_percent(storage, seed):
     backend = make_backend(seed=seed)
     job = make_job(seed=seed, budget=100)
-    out = program_cells(backend, storage, job)
+    out = program_cells(backend, LogRecorder(storage), job)
     assert out.converged.mean() >= 0.95
     assert np.array_equal(out.converged, np.abs(out.final - job.target) <= 0.02 * job.target)
     # Truth, not just the loop's own reading: the simulator's noise-free conductance.
@@ -126,15 +131,15 @@ def test_ispp_converges_64_realistic_cells_to_2_percent(storage, seed):
 
 
 def test_fixed_baseline_is_slower_than_ispp(storage):
-    ispp = program_cells(make_backend(seed=3), storage, make_job(seed=3, budget=60))
-    fixed = program_cells(make_backend(seed=3), storage, make_job(seed=3, budget=60,
+    ispp = program_cells(make_backend(seed=3), LogRecorder(storage), make_job(seed=3, budget=60))
+    fixed = program_cells(make_backend(seed=3), LogRecorder(storage), make_job(seed=3, budget=60,
                                                                   strategy="fixed"))
     assert fixed.converged.mean() < ispp.converged.mean()
 
 
 def test_loop_is_batched_one_read_and_one_pulse_per_iteration(storage):
     backend = make_backend()
-    out = program_cells(backend, storage, make_job(budget=100))
+    out = program_cells(backend, LogRecorder(storage), make_job(budget=100))
     iterations = int(out.pulses.max())
     assert len(backend.pulse_calls) == iterations
     assert len(backend.read_calls) == 1 + iterations
@@ -145,7 +150,7 @@ def test_loop_is_batched_one_read_and_one_pulse_per_iteration(storage):
 
 
 def test_every_operation_is_recorded_under_the_run(storage):
-    out = program_cells(make_backend(), storage, make_job(n=16, budget=50, trace=True))
+    out = program_cells(make_backend(), LogRecorder(storage), make_job(n=16, budget=50, trace=True))
     ops = operations(storage, out.run_id)
     pulses = [op for op in ops if op[0] == "pulse"]
     reads = [op for op in ops if op[0] == "read"]
@@ -165,7 +170,7 @@ def test_every_operation_is_recorded_under_the_run(storage):
 
 def test_one_shot_reads_once_and_fires_exactly_one_pulse_per_cell(storage):
     backend = make_backend()
-    out = program_cells(backend, storage, make_job(n=32, verify=False))
+    out = program_cells(backend, LogRecorder(storage), make_job(n=32, verify=False))
     assert out.final is None and out.converged is None
     assert np.all(out.pulses == 1)
     assert backend.read_calls == [32] and backend.pulse_calls == [32]
@@ -176,8 +181,8 @@ def test_one_shot_reads_once_and_fires_exactly_one_pulse_per_cell(storage):
 def test_strategies_stay_within_tighter_limits(storage):
     limits = Limits(v_set_max=0.45, v_reset_max=0.85, width_min=5e-9, width_max=1e-6)
     for name in ("ispp", "fixed"):
-        out = program_cells(make_backend(), storage, make_job(n=16, budget=30, strategy=name,
-                                                              limits=limits))
+        out = program_cells(make_backend(), LogRecorder(storage),
+                            make_job(n=16, budget=30, strategy=name, limits=limits))
         pulses = [op for op in operations(storage, out.run_id) if op[0] == "pulse"]
         voltage = np.array([p[3] for p in pulses])
         width = np.array([p[4] for p in pulses])
@@ -188,7 +193,7 @@ def test_strategies_stay_within_tighter_limits(storage):
 def test_a_failing_backend_keeps_what_was_fired_and_marks_the_run(storage):
     backend = make_backend(FailingSimBackend, fail_at_pulse=3)
     with pytest.raises(BackendUnavailable):
-        program_cells(backend, storage, make_job(n=8, budget=20))
+        program_cells(backend, LogRecorder(storage), make_job(n=8, budget=20))
     run = storage.list_runs()[0]
     assert run["status"] == "failed" and "link dropped" in run["error"]
     kinds = [op[0] for op in operations(storage, run["id"])]
@@ -200,7 +205,8 @@ def test_a_failing_backend_keeps_what_was_fired_and_marks_the_run(storage):
 def test_ispp_works_within_a_bench_pulse_generator_width_floor(storage):
     # deploy/bench.toml: the 33500B cannot make pulses shorter than 16 ns
     limits = Limits(width_min=1.6e-8)
-    out = program_cells(make_backend(seed=4), storage, make_job(seed=4, budget=100, limits=limits))
+    out = program_cells(make_backend(seed=4), LogRecorder(storage),
+                        make_job(seed=4, budget=100, limits=limits))
     assert out.converged.mean() >= 0.95
     widths = {op[4] for op in operations(storage, out.run_id) if op[0] == "pulse"}
     assert widths == {1.6e-8}
@@ -229,6 +235,7 @@ def test_no_write_lock_is_held_while_the_backend_works(storage, strategy):
     """A bench's batch read takes minutes; job bookkeeping on other connections (60 s busy
     timeout) must never wait for it."""
     backend = make_backend(LockWatchingSimBackend, storage=storage)
-    out = program_cells(backend, storage, make_job(32, strategy=strategy, budget=100))
+    out = program_cells(backend, LogRecorder(storage),
+                        make_job(32, strategy=strategy, budget=100))
     assert out.converged.sum() >= 30 and len(backend.in_transaction) > 4
     assert not any(backend.in_transaction)

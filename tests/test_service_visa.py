@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from drivers.visa.bench import parse_bench
+from drivers.visa.emulators import EmulatorRunner
 from service.client import MemprogClient, MemprogError
 from service.launch import ServerProcess
 from service.recording import UNCERTAIN
 from sim_backend import Crossbar
-from sim_backend.emulators import EmulatorRunner
 from tests.servers import visa_server_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]

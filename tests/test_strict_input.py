@@ -213,7 +213,7 @@ def test_bench_limits_carry_v_read_min():
 @pytest.mark.timeout(60)
 def test_the_visa_bench_refuses_a_read_below_the_stricter_minimum_before_any_io(tmp_path):
     from drivers.visa import open_backend
-    from sim_backend.emulators import EmulatorRunner
+    from drivers.visa.emulators import EmulatorRunner
 
     with EmulatorRunner(_bench(v_read_min=0.02)) as emu:
         path = tmp_path / "bench.toml"

@@ -18,7 +18,8 @@ import pytest
 
 from drivers.base import Limits
 from drivers.sim import SimBackend
-from service.programming import ProgramJob, program_cells
+from programming import ProgramJob, program_cells
+from service.recording import LogRecorder
 from service.storage import Storage
 
 API = "/api/v1"
@@ -198,7 +199,7 @@ def test_the_loop_stops_non_finite_readings_and_reports_progress(tmp_path):
     )
     seen = []
     try:
-        outcome = program_cells(backend, storage, job, on_progress=seen.append)
+        outcome = program_cells(backend, LogRecorder(storage), job, on_progress=seen.append)
         stopped = dict(zip(cells, outcome.stopped, strict=True))
         assert "not finite" in stopped[(2, 0)]
         assert outcome.pulses[cells.index((2, 0))] == 0

@@ -18,8 +18,8 @@ from drivers.sim import SimBackend
 from drivers.visa import open_backend
 from drivers.visa.backend import VisaBackend
 from drivers.visa.bench import parse_bench
+from drivers.visa.emulators import EmulatorRunner
 from sim_backend import Crossbar
-from sim_backend.emulators import EmulatorRunner
 
 pytestmark = pytest.mark.timeout(120)
 

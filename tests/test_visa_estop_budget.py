@@ -18,8 +18,8 @@ import pytest
 
 from drivers.base import BackendError, BackendUnavailable
 from drivers.visa.backend import VisaBackend
+from drivers.visa.emulators import EmulatorRunner
 from service.launch import ServerProcess
-from sim_backend.emulators import EmulatorRunner
 from tests.servers import visa_server_env
 from tests.test_emergency_stop import visa_bench
 from tests.test_jobs import TERMINAL, job_of, long_job, wait_for

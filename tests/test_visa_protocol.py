@@ -12,10 +12,10 @@ import pytest
 from drivers.base import LimitError
 from drivers.visa.backend import VisaBackend
 from drivers.visa.bench import parse_bench
+from drivers.visa.emulators import EmulatorRunner
 from drivers.visa.keithley2450 import Keithley2450
 from drivers.visa.keysight33500b import Keysight33500B
 from drivers.visa.scpi import Range, Setting, join_scpi, num, split_reply
-from sim_backend.emulators import EmulatorRunner
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -18,10 +18,11 @@ with an unchanged shape is one (plus the switch), a changed shape adds one. With
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -66,7 +67,7 @@ class VisaBackend(Backend):
             self.instruments["pulser"] = Instrument(
                 "pulser", config.pulser, config.retry, self.pulser_driver.on_connect
             )
-            if self.matrix_driver is not None:
+            if self.matrix_driver is not None and config.matrix is not None:
                 self.instruments["matrix"] = Instrument(
                     "matrix", config.matrix, config.retry, self.matrix_driver.on_connect
                 )
@@ -99,14 +100,14 @@ class VisaBackend(Backend):
 
     def describe(self) -> BackendInfo:
         self.connect()
-        drivers = {"smu": self.smu_driver, "pulser": self.pulser_driver,
-                   "matrix": self.matrix_driver}
+        drivers: dict[str, Any] = {"smu": self.smu_driver, "pulser": self.pulser_driver,
+                                   "matrix": self.matrix_driver}
         return BackendInfo(
             kind="hardware",
             rows=self.config.rows,
             cols=self.config.cols,
             limits=self.limits,
-            instruments={role: drivers[role].idn for role in self.instruments},  # type: ignore[union-attr]
+            instruments={role: drivers[role].idn for role in self.instruments},
             details={
                 "bench": self.config.name,
                 "routing": self.config.matrix.routing if self.config.matrix else "none",
@@ -170,7 +171,7 @@ class VisaBackend(Backend):
                 for r, c, shape in zip(r_arr.tolist(), c_arr.tolist(), shapes, strict=True):
                     self._check_stop(generation)
                     self._route(r, c, "pulser", stopped)
-                    pulser.run(lambda s, shape=shape: self.pulser_driver.apply_shape(s, shape),
+                    pulser.run(functools.partial(self.pulser_driver.apply_shape, shape=shape),
                                what="pulse shape", abort=stopped)
                     try:
                         pulser.run(lambda s: self._fire(s, generation), idempotent=False,

@@ -16,6 +16,8 @@ mode (``:OUTP:VOLT:SMOD HIMP``), the 33500B output relay opens with ``OUTP1 OFF`
 switches only when the cell changes.
 
 Without a matrix the bench is one device (1 x 1) wired to both instruments in the shared manner.
+
+The emulated bench that such a file can describe is ``drivers/visa/emulators/bench.py``.
 """
 
 from __future__ import annotations
@@ -259,7 +261,7 @@ class BenchConfig(_Frozen):
                     lines += [f"{k} = {_toml_value(v)}" for k, v in item.items()]
         return "\n".join(lines) + "\n"
 
-    def with_updates(self, **sections: dict) -> BenchConfig:
+    def with_updates(self, **sections: dict | None) -> BenchConfig:
         """A copy with fields of some sections replaced, validated again."""
         data = self.model_dump()
         for section, fields in sections.items():

@@ -1,4 +1,4 @@
-"""``memprog bench visa``: SCPI round trips and wall time per pulse-and-verify cycle.
+"""``memprog benchmark visa``: SCPI round trips and wall time per pulse-and-verify cycle.
 
 Starts the emulated bench in-process on free loopback ports, drives it through
 :class:`~drivers.visa.backend.VisaBackend` over real sockets (pyvisa-py), and counts, per cycle
@@ -9,6 +9,9 @@ Starts the emulated bench in-process on free loopback ports, drives it through
 * program messages: lines the instruments received (round trips + writes without a reply);
 * wall time of the software and the loopback, with the emulators' instrument timing off (the
   default) or on (``--timing``: NPLC integration, burst and relay settling times).
+
+The benchmark of the VISA drivers; each layer keeps its own ``benchmark`` module (sim_backend,
+predictor, service).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ DEFAULT_BENCH = {
 
 def _scenario(config: BenchConfig, *, cycles: int, change_shape: bool, timing: bool) -> dict:
     from drivers.visa.backend import VisaBackend
-    from sim_backend.emulators import EmulatorRunner
+    from drivers.visa.emulators import EmulatorRunner
 
     config = config.with_updates(emulator={"timing": timing, "faults": ()})
     with EmulatorRunner(config) as emu:
@@ -96,7 +99,7 @@ def run_visa_benchmark(
     scenarios["no matrix, same shape"] = (base.with_updates(matrix=None), False)
 
     results = {}
-    print(f"memprog bench visa: {cycles} pulse-and-verify cycles per scenario over loopback, "
+    print(f"memprog benchmark visa: {cycles} pulse-and-verify cycles per scenario over loopback, "
           f"instrument timing {'on' if timing else 'off'}")
     print(f"{'scenario':32s} {'round trips':>11s} {'messages':>9s} {'mean ms':>8s} "
           f"{'median':>7s} {'p95':>7s}")

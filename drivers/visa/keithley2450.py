@@ -10,6 +10,9 @@ Configuration on every (re)connect, compliance before the output can go on::
 One read is one round trip, the output on only for the measurement and the level back at 0 V::
 
     :SOUR:VOLT:LEV <V>;:OUTP ON;:READ?;:SOUR:VOLT:ILIM:TRIP?;:OUTP OFF;:SOUR:VOLT:LEV 0;:SYST:ERR?
+
+Its emulator, the same instrument on the other side, is
+``drivers/visa/emulators/keithley2450.py``.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ Safe state (and on every (re)connect, after ``*IDN?``; then with ``*CLS`` in fro
 
     channel.open("allslots")
     print(channel.getclose("allslots"), errorqueue.count)      → nil<TAB>0.00000e+00
+
+Its emulator, the same instrument on the other side, is
+``drivers/visa/emulators/keithley707b.py``.
 """
 
 from __future__ import annotations

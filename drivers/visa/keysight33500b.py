@@ -21,6 +21,9 @@ state is legal (high above low; edge ≤ 0.625 · width; period ≥ width + 1.6 
 Firing, one round trip::
 
     OUTP1 ON;*TRG;*WAI;:OUTP1 OFF;*OPC?;:SYST:ERR?
+
+Its emulator, the same instrument on the other side, is
+``drivers/visa/emulators/keysight33500b.py``.
 """
 
 from __future__ import annotations

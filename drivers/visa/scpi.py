@@ -6,6 +6,9 @@ before anything is sent. Nothing is ever clamped.
 
 Numbers are written in the shortest form that reads back to the same float (``0.2``, ``1e-06``),
 so the instrument receives exactly the value that was asked for.
+
+The instruments' side of SCPI (parsing commands, answering) is
+``drivers/visa/emulators/scpi.py``.
 """
 
 from __future__ import annotations
@@ -83,7 +86,7 @@ class Setting:
     validator: Range | Choice
 
     def __call__(self, value: float | str) -> str:
-        v = self.validator(self.name, value)
+        v = self.validator(self.name, value)  # type: ignore[arg-type]  # its own kind of value
         return self.template.format(num(v) if isinstance(v, float) else v)
 
 
@@ -102,7 +105,9 @@ def join_scpi(units: Sequence[str]) -> str:
 
 def split_reply(reply: str, expected: int) -> list[str]:
     """Split a reply to several queries on ``;`` outside quotes; exactly ``expected`` fields."""
-    fields, cur, quoted = [], [], False
+    fields: list[str] = []
+    cur: list[str] = []
+    quoted = False
     for ch in reply.strip():
         if ch == '"':
             quoted = not quoted

@@ -6,9 +6,9 @@ from dataclasses import asdict
 
 from fastapi import APIRouter
 
+from programming import default_strategy, strategy_summaries
 from service.deps import StateDep
 from service.models import ArrayResponse, LimitsModel
-from service.programming import default_strategy, strategy_summaries
 from service.responses import ERRORS
 
 router = APIRouter(tags=["array"])

@@ -1,11 +1,15 @@
 """Background programming jobs: POST /jobs, GET /jobs, GET /jobs/{id}, POST /jobs/{id}/abort,
-GET /jobs/{id}/events (live progress, Server-Sent Events). See :mod:`service.jobs`."""
+GET /jobs/{id}/events (live progress, Server-Sent Events). See :mod:`service.jobs`.
+
+The jobs themselves are run by ``service/jobs.py`` (the job manager; the same concept on the
+other side).
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import StreamingResponse
@@ -14,8 +18,8 @@ from service.auth import ProgramKey, ReadKey
 from service.deps import StateDep
 from service.jobs import TERMINAL, JobManager
 from service.models import ErrorResponse, JobList, JobRecord, JobRequest
+from service.request_helpers import program_job
 from service.responses import ERRORS
-from service.routers.program import program_job
 
 router = APIRouter(tags=["jobs"])
 
@@ -27,7 +31,8 @@ KEY_RECHECK = 2.0
 
 JobId = Annotated[int, Path(ge=1, le=2**62, description="Job identifier.")]
 
-NOT_FOUND = {404: {"model": ErrorResponse, "description": "No such job."}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse, "description": "No such job."}}
 
 
 def _jobs(request: Request) -> JobManager:

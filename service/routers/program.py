@@ -6,21 +6,17 @@ import numpy as np
 from fastapi import APIRouter, HTTPException, Response
 
 from drivers.base import Backend
-from service.deps import StateDep
-from service.models import CellResult, JobRequest, ProgramRequest, ProgramResponse
-from service.programming import (
+from programming import (
     ProgramJob,
     ProgramOutcome,
-    default_strategy,
-    get_strategy,
     program_cells,
-    strategy_names,
 )
+from service.deps import StateDep
+from service.models import CellResult, ProgramRequest, ProgramResponse
+from service.recording import LogRecorder
+from service.request_helpers import program_job
 from service.responses import ERRORS, json_response
-from service.routers.reads import request_v_read
-from service.state import ServiceState
 from service.storage import Storage
-from service.validation import RequestProblem, cell_arrays
 
 router = APIRouter(tags=["program"])
 
@@ -36,7 +32,8 @@ async def program(request: ProgramRequest, state: StateDep) -> Response:
     job = await program_job(request, state, trace=request.trace)
 
     def run(backend: Backend, storage: Storage) -> ProgramOutcome:
-        return program_cells(backend, storage, job, should_stop=state.owner.stop_requested)
+        return program_cells(backend, LogRecorder(storage), job,
+                             should_stop=state.owner.stop_requested)
 
     outcome = await state.owner.run(run)
     if outcome.aborted:
@@ -48,56 +45,6 @@ async def program(request: ProgramRequest, state: StateDep) -> Response:
             f"(GET /api/v1/runs/{outcome.run_id})",
         )
     return json_response(_response(job, outcome))
-
-
-async def program_job(
-    request: ProgramRequest | JobRequest, state: ServiceState, *, trace: bool = False
-) -> ProgramJob:
-    """A programming request (``/program``'s or a job's) checked against the array and the
-    limits: 422 naming the field, before anything is queued."""
-    strategy = request.strategy or default_strategy()
-    if strategy not in strategy_names():
-        raise RequestProblem(
-            ["strategy"],
-            f"unknown strategy {strategy!r}; known: {', '.join(strategy_names())}",
-            "unknown_strategy",
-        )
-    info, limits = await state.backend()
-    cap = state.settings.programming.max_pulses_cap
-    if request.max_pulses > cap:
-        raise RequestProblem(
-            ["max_pulses"], f"above max_pulses_cap = {cap}", "limit", limit=cap
-        )
-    rows, cols = cell_arrays([(t.row, t.col) for t in request.targets], info, "targets")
-    target = np.array([t.conductance for t in request.targets], dtype=float)
-    v_read = request_v_read(state, limits, request.v_read)
-    # A target whose read current trips the compliance could never be verified.
-    too_high = target * abs(v_read) >= limits.compliance
-    if np.any(too_high):
-        i = int(np.argmax(too_high))
-        ceiling = limits.compliance / abs(v_read)
-        raise RequestProblem(
-            ["targets", i, "conductance"],
-            f"{target[i]} S reads {target[i] * abs(v_read)} A at {v_read} V, at or above the "
-            f"read compliance {limits.compliance} A (targets must stay below {ceiling} S)",
-            "limit",
-            limit=ceiling,
-        )
-    get_strategy(strategy).validate(target, limits, v_read)
-    job = ProgramJob(
-        rows=rows,
-        cols=cols,
-        target=target,
-        tolerance=request.tolerance,
-        max_pulses=request.max_pulses,
-        strategy=strategy,
-        verify=request.verify,
-        trace=trace,
-        v_read=v_read,
-        limits=limits,
-        read_current_floor=state.settings.programming.read_current_floor,
-    )
-    return job
 
 
 def _response(job: ProgramJob, out: ProgramOutcome) -> ProgramResponse:

@@ -5,41 +5,15 @@ from __future__ import annotations
 import numpy as np
 from fastapi import APIRouter, Response
 
-from drivers.base import Backend, Limits, ReadResult
+from drivers.base import Backend, ReadResult
 from service.deps import StateDep
-from service.models import Reading, ReadRequest, ReadResponse
+from service.models import ReadRequest, ReadResponse
+from service.request_helpers import readings, request_v_read
 from service.responses import ERRORS, json_response
-from service.state import ServiceState
 from service.storage import Storage
-from service.validation import cell_arrays, checked_v_read
+from service.validation import cell_arrays
 
 router = APIRouter(tags=["cells"])
-
-
-def readings(result: ReadResult) -> list[Reading]:
-    """API readings of a backend read (validated in pydantic-core, not per object in Python)."""
-    n = len(result.rows)
-    return ReadResponse.model_validate(
-        {
-            "readings": [
-                {"row": r, "col": c, "conductance": g, "current": i, "v_read": v, "compliance": t}
-                for r, c, g, i, v, t in zip(
-                    result.rows.tolist(),
-                    result.cols.tolist(),
-                    np.asarray(result.conductance, float).tolist(),
-                    np.asarray(result.current, float).tolist(),
-                    [result.v_read] * n,
-                    np.asarray(result.compliance, bool).tolist(),
-                    strict=True,
-                )
-            ]
-        }
-    ).readings
-
-
-def request_v_read(state: ServiceState, limits: Limits, v_read: float | None) -> float:
-    chosen = state.settings.programming.v_read if v_read is None else v_read
-    return checked_v_read(limits, chosen)
 
 
 @router.post("/read", response_model=ReadResponse, responses=ERRORS, summary="Read cells")

@@ -1,8 +1,11 @@
-"""``memprog bench api``: latency, throughput and peak memory of the REST service.
+"""``memprog benchmark api``: latency, throughput and peak memory of the REST service.
 
 Against ``--url`` if given, else against a ``memprog serve`` it starts on a free loopback port
 with a 256×256 simulated array and a throw-away database. Every phase is bounded in count and
 in time.
+
+The benchmark of the service layer; each layer keeps its own ``benchmark`` module (sim_backend,
+drivers/visa, predictor; ``benchmark_memory`` for the device memory).
 """
 
 from __future__ import annotations
@@ -161,7 +164,7 @@ def measure(
 def _print(figures: dict) -> None:
     r, p = figures["read_one_cell"], figures["program_one_cell"]
     tr, tp = figures["throughput_read"], figures["throughput_program"]
-    print(f"memprog bench api — {figures['backend']} {figures['array']} at {figures['url']}")
+    print(f"memprog benchmark api — {figures['backend']} {figures['array']} at {figures['url']}")
     print(
         f"  one-cell read     p50 {r['p50_ms']:8.2f} ms   p99 {r['p99_ms']:8.2f} ms  (n={r['n']})"
     )

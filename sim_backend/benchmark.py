@@ -1,4 +1,4 @@
-"""``memprog bench sim``: speed and accuracy of the simulated crossbar.
+"""``memprog benchmark sim``: speed and accuracy of the simulated crossbar.
 
 Figures:
 - pulse: one pulse on every device of the array, realistic variability, states across the window,
@@ -8,6 +8,9 @@ Figures:
 - read: reading the whole array (with read noise);
 - accuracy: the adaptive integrator at its default tolerance against a tight-tolerance (1e-11)
   reference integration of the same pulses, and the change of G when the tolerance is halved.
+
+The benchmark of the physics layer; each layer keeps its own ``benchmark`` module (drivers/visa,
+predictor, service).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -62,7 +66,7 @@ def run_sim_benchmark(
     n = rows * cols
     r, c = (a.ravel() for a in np.indices(xb.shape))
     N0 = np.exp(rng.uniform(np.log(jart.N_LO), np.log(jart.N_HI), n))
-    figures: dict[str, object] = {
+    figures: dict[str, Any] = {
         "array": f"{rows}x{cols}",
         "devices": n,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
@@ -107,7 +111,7 @@ def run_sim_benchmark(
     figures["accuracy_p99_rel_G_error_vs_reference"] = float(np.percentile(err, 99))
     figures["accuracy_max_rel_G_change_halving_tol"] = float(np.max(np.abs(G_def / G_half - 1)))
 
-    print(f"memprog bench sim — {rows}×{cols} = {n} devices, realistic variability")
+    print(f"memprog benchmark sim — {rows}×{cols} = {n} devices, realistic variability")
     print(f"  one pulse on every device, mixed 10 ns…10 ms, both polarities: "
           f"{figures['pulse_mixed_s'] * 1e3:8.1f} ms  "
           f"({figures['pulse_mixed_evals_per_device']:.1f} rate evaluations/device, "

@@ -9,14 +9,17 @@ A normal pulse rests at LOW and rises to HIGH; ``OUTP1:POL INV`` mirrors the wav
 offset (rests at HIGH, dips to LOW). A bus trigger (``*TRG``) in triggered-burst mode fires
 NCYC pulses of the current width at the peak level; they reach the device(s) the matrix routes to
 the pulser only while the output is on.
+
+The emulator of the instrument whose driver is ``drivers/visa/keysight33500b.py`` (same name:
+the same instrument on the two sides).
 """
 
 from __future__ import annotations
 
 import math
 
-from sim_backend.emulators.base import SCPIInstrument
-from sim_backend.emulators.scpi import (
+from drivers.visa.emulators.instrument import SCPIInstrument
+from drivers.visa.emulators.scpi import (
     Command,
     SCPIError,
     boolean,

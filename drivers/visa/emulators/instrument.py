@@ -12,7 +12,7 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sim_backend.emulators.scpi import (
+from drivers.visa.emulators.scpi import (
     Command,
     ErrorQueue,
     SCPIError,
@@ -24,7 +24,7 @@ from sim_backend.emulators.scpi import (
 )
 
 if TYPE_CHECKING:
-    from sim_backend.emulators.bench import EmulatedBench
+    from drivers.visa.emulators.bench import EmulatedBench
 
 
 @dataclass(frozen=True)

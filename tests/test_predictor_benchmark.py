@@ -1,4 +1,4 @@
-"""`memprog bench programming` end to end at a tiny size: JSON figures and PNG plots."""
+"""`memprog benchmark programming` end to end at a tiny size: JSON figures and PNG plots."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from predictor.evaluate import Scenario, blind_bound, run_benchmark
+from predictor.benchmark import run_benchmark
+from predictor.evaluate import Scenario, blind_bound
 from service.cli import main
 
 

@@ -14,6 +14,8 @@ Rules of the physics and of the integrity checks (violations are recorded, never
   mode other than high impedance, is shunted: it gets no pulse (``pulse_shunted``);
 * both outputs on into one device: ``two_sources``; a pulse outside the device model's range:
   ``device_overstress`` (no state change).
+
+The bench it emulates is described by a bench file, ``drivers/visa/bench.py``.
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ from dataclasses import asdict
 import numpy as np
 
 from drivers.visa.bench import BenchConfig
-from sim_backend.emulators.base import Violation
-from sim_backend.emulators.keithley707b import Keithley707BEmulator
-from sim_backend.emulators.keithley2450 import Keithley2450Emulator
-from sim_backend.emulators.keysight33500b import Keysight33500BEmulator
+from drivers.visa.emulators.instrument import Violation
+from drivers.visa.emulators.keithley707b import Keithley707BEmulator
+from drivers.visa.emulators.keithley2450 import Keithley2450Emulator
+from drivers.visa.emulators.keysight33500b import Keysight33500BEmulator
 
 MAX_VIOLATIONS = 1000
 READ_DISTURB_FREE = 0.3
@@ -64,10 +66,11 @@ class EmulatedBench:
         """(row, col, device voltage V, width s) of the last pulses delivered."""
         self.smu = Keithley2450Emulator(self)
         self.pulser = Keysight33500BEmulator(self)
-        self.matrix = Keithley707BEmulator(self) if config.matrix else None
+        self.matrix: Keithley707BEmulator | None = (
+            Keithley707BEmulator(self) if config.matrix else None)
 
     def instruments(self) -> dict:
-        out = {"smu": self.smu, "pulser": self.pulser}
+        out: dict[str, object] = {"smu": self.smu, "pulser": self.pulser}
         if self.matrix is not None:
             out["matrix"] = self.matrix
         return out

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import itertools
 import logging
@@ -23,7 +24,7 @@ import threading
 from dataclasses import dataclass
 
 from drivers.visa.bench import BenchConfig, FaultConfig, load_bench
-from sim_backend.emulators.bench import EmulatedBench
+from drivers.visa.emulators.bench import EmulatedBench
 
 log = logging.getLogger("memprog.emulators")
 
@@ -119,7 +120,7 @@ class BenchServers:
             host = _check_loopback(address[0])
             port = 0 if self.free_ports else address[1]
             server = await asyncio.start_server(
-                lambda r, w, inst=inst: self._serve(inst, r, w), host, port, limit=MAX_LINE
+                functools.partial(self._serve, inst), host, port, limit=MAX_LINE
             )
             self.servers[role] = server
             self.addresses[role] = server.sockets[0].getsockname()[:2]

@@ -7,13 +7,16 @@ line) stops at its first error, which goes to the error queue. A channel is ``<s
 01-12>``; lists are comma-separated, or ``allslots`` / ``slot<n>``.
 
 Switching a channel while an instrument output is on ("hot switching") is a violation.
+
+The emulator of the instrument whose driver is ``drivers/visa/keithley707b.py`` (same name: the
+same instrument on the two sides).
 """
 
 from __future__ import annotations
 
 import re
 
-from sim_backend.emulators.base import EmulatedInstrument
+from drivers.visa.emulators.instrument import EmulatedInstrument
 
 _CHANNEL = re.compile(r"^([1-6])([A-H])(0[1-9]|1[0-2])$")
 _TOKEN = re.compile(
@@ -189,7 +192,7 @@ def _parse_chunk(text: str) -> list:
         if not m or m.end() == pos:
             raise TSPError(-285, f"TSP Syntax error at line 1: unexpected symbol near "
                                  f"'{text[pos:pos + 10].strip()}'")
-        kind = m.lastgroup
+        kind = m.lastgroup or ""
         value = m.group(kind)
         if kind == "str":
             value = value[1:-1]

@@ -1,4 +1,4 @@
-"""`memprog bench sim` runs end to end and reports its figures (a small array, one repeat)."""
+"""`memprog benchmark sim` runs end to end and reports its figures (a small array, one repeat)."""
 
 import json
 

@@ -5,7 +5,7 @@ asyncio TCP servers on the loopback interface, speaking the instruments' own dia
 error queue, the physics of the wiring (output relays, 50 Ohm load setting, matrix routing,
 compliance), integrity checks of every transaction and configurable fault injection.
 
-    from sim_backend.emulators import EmulatorRunner
+    from drivers.visa.emulators import EmulatorRunner
     with EmulatorRunner(load_bench("deploy/bench.toml")) as emu:   # free ports
         backend = VisaBackend(emu.config)
         ...
@@ -14,8 +14,8 @@ compliance), integrity checks of every transaction and configurable fault inject
 ``memprog emulate --config bench.toml`` serves them on the configured ports.
 """
 
-from sim_backend.emulators.base import Violation
-from sim_backend.emulators.bench import EmulatedBench
-from sim_backend.emulators.server import EmulatorRunner, FaultInjector, run_emulators
+from drivers.visa.emulators.bench import EmulatedBench
+from drivers.visa.emulators.instrument import Violation
+from drivers.visa.emulators.runner import EmulatorRunner, FaultInjector, run_emulators
 
 __all__ = ["EmulatedBench", "EmulatorRunner", "FaultInjector", "Violation", "run_emulators"]

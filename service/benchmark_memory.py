@@ -1,4 +1,4 @@
-"""``memprog bench memory``: what the service's device memory (each device's speed latent, kept
+"""``memprog benchmark memory``: what the service's device memory (each device's speed latent, kept
 across runs in the ``device_memory`` table) buys a lab, measured through the real service.
 
 Scenario, on a held-out simulated array (realistic variability) served in process by the real
@@ -22,6 +22,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -52,7 +53,7 @@ def run_scenario(
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(
             backend="sim",
-            database=Path(tmp) / "memory-bench.db",
+            database=Path(tmp) / "memory-benchmark.db",
             sim={"rows": rows, "cols": cols, "seed": seed, "variability": "realistic",
                  "read_noise": read_noise},
         )
@@ -100,9 +101,10 @@ def run_memory_benchmark(
     read_noise: float = 0.0, burn_in: int = 4, report: str | None = None,
 ) -> int:
     started = time.perf_counter()
-    common = dict(rows=rows, cols=cols, seed=seed, rounds=rounds, read_noise=read_noise,
+    common: dict[str, Any] = dict(rows=rows, cols=cols, seed=seed, rounds=rounds,
+                                  read_noise=read_noise,
                   burn_in=burn_in)
-    result = {
+    result: dict[str, Any] = {
         "scenario": {**common, "variability": "realistic", "targets_S": list(TARGET_RANGE),
                      "min_update": MIN_UPDATE,
                      "scoring": "one shot from the verify reads after it (read noise applies); "

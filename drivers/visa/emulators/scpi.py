@@ -7,6 +7,8 @@
   (``SOUR1:VOLT:LOW 0;HIGH 1``), as the standard says; common commands (``*TRG``) do not move it;
 * errors go into a bounded queue, oldest first, with the standard codes and messages; an
   overflowing queue keeps its last place for ``-350,"Queue overflow"``.
+
+The SCPI of the emulated instruments: the controller's side is ``drivers/visa/scpi.py``.
 """
 
 from __future__ import annotations
@@ -86,7 +88,9 @@ class ErrorQueue:
 
 
 def split_outside_quotes(text: str, sep: str) -> list[str]:
-    parts, cur, quote = [], [], ""
+    parts: list[str] = []
+    cur: list[str] = []
+    quote = ""
     for ch in text:
         if quote:
             if ch == quote:

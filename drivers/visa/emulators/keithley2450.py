@@ -5,14 +5,17 @@ the SMU (their sum: they are in parallel), at the source level, through the cros
 beyond the current limit the reading is clipped at the limit and ``:SOUR:VOLT:ILIM:TRIP?``
 answers 1; beyond a fixed measurement range the reading is the overflow value 9.9E+37. With the
 output off the output relay is open and the reading is 0 A.
+
+The emulator of the instrument whose driver is ``drivers/visa/keithley2450.py`` (same name: the
+same instrument on the two sides).
 """
 
 from __future__ import annotations
 
 import math
 
-from sim_backend.emulators.base import SCPIInstrument
-from sim_backend.emulators.scpi import (
+from drivers.visa.emulators.instrument import SCPIInstrument
+from drivers.visa.emulators.scpi import (
     Command,
     SCPIError,
     boolean,
