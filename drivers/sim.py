@@ -14,39 +14,28 @@ import numpy as np
 from drivers.base import (
     Backend,
     BackendInfo,
-    LimitError,
     Limits,
     ReadResult,
     check_pulse,
     check_read,
 )
-
-SIM_V_MIN = -0.9
-"""Most negative pulse voltage the simulator accepts (validated range of the fitted model), V."""
-SIM_V_MAX = 1.3
-"""Most positive pulse voltage the simulator accepts, V."""
-SIM_WIDTH_MIN = 1e-9
-"""Shortest pulse the simulator accepts, s."""
-SIM_WIDTH_MAX = 0.1
-"""Longest pulse the simulator accepts, s."""
-SIM_V_READ_MAX = 0.3
-"""Largest |V| of a read: the simulator's reads never change a device, which holds at this level
-(the emulated bench treats a longer source at a higher level as a disturbing pulse), V."""
+from drivers.cells import check_cells
+from sim_backend import RANGES
 
 
 def check_limits_within_simulator(limits: Limits) -> None:
     """Refuse limits the simulator could not honour (rejected at start, never clamped)."""
     problems = []
-    if limits.v_set_max > -SIM_V_MIN:
-        problems.append(f"v_set_max {limits.v_set_max} V > simulator's {-SIM_V_MIN} V")
-    if limits.v_reset_max > SIM_V_MAX:
-        problems.append(f"v_reset_max {limits.v_reset_max} V > simulator's {SIM_V_MAX} V")
-    if limits.width_min < SIM_WIDTH_MIN:
-        problems.append(f"width_min {limits.width_min} s < simulator's {SIM_WIDTH_MIN} s")
-    if limits.width_max > SIM_WIDTH_MAX:
-        problems.append(f"width_max {limits.width_max} s > simulator's {SIM_WIDTH_MAX} s")
-    if limits.v_read_max > SIM_V_READ_MAX:
-        problems.append(f"v_read_max {limits.v_read_max} V > {SIM_V_READ_MAX} V, above which a "
+    if limits.v_set_max > -RANGES.v_min:
+        problems.append(f"v_set_max {limits.v_set_max} V > simulator's {-RANGES.v_min} V")
+    if limits.v_reset_max > RANGES.v_max:
+        problems.append(f"v_reset_max {limits.v_reset_max} V > simulator's {RANGES.v_max} V")
+    if limits.width_min < RANGES.width_min:
+        problems.append(f"width_min {limits.width_min} s < simulator's {RANGES.width_min} s")
+    if limits.width_max > RANGES.width_max:
+        problems.append(f"width_max {limits.width_max} s > simulator's {RANGES.width_max} s")
+    if limits.v_read_max > RANGES.v_read_max:
+        problems.append(f"v_read_max {limits.v_read_max} V > {RANGES.v_read_max} V, above which a "
                         "read would disturb the device (the simulator's reads never do)")
     if problems:
         raise ValueError("limits outside the simulator's range: " + "; ".join(problems))
@@ -162,16 +151,4 @@ class SimBackend(Backend):
             self.crossbar.save(self._state_file)
 
     def _cells(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rows, cols = np.atleast_1d(np.asarray(rows)), np.atleast_1d(np.asarray(cols))
-        for name, a in (("rows", rows), ("cols", cols)):
-            if a.size and not np.issubdtype(a.dtype, np.integer):  # never round 1.9 to 1
-                raise LimitError(name, "cell indices must be integers")
-        rows, cols = rows.astype(np.int64), cols.astype(np.int64)
-        if rows.shape != cols.shape or rows.ndim != 1:
-            raise ValueError("rows and cols must be 1-d arrays of equal length")
-        n_rows, n_cols = self.crossbar.rows, self.crossbar.cols
-        outside = (rows < 0) | (rows >= n_rows) | (cols < 0) | (cols >= n_cols)
-        if np.any(outside):
-            i = int(np.argmax(outside))
-            raise IndexError(f"cell ({rows[i]}, {cols[i]}) outside the {n_rows}×{n_cols} array")
-        return rows, cols
+        return check_cells(rows, cols, self.crossbar.rows, self.crossbar.cols)

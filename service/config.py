@@ -33,7 +33,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from drivers.base import Limits
+from drivers.limits import LimitsSchema
 
 
 class SimSettings(BaseModel):
@@ -60,33 +60,8 @@ class SimSettings(BaseModel):
     )
 
 
-class LimitsSettings(BaseModel):
-    """Hard safety limits (``MEMPROG_LIMITS__*``). Requests beyond them are rejected (422)."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no "inf" switches one off
-
-    v_set_max: float = Field(0.9, gt=0, description="Largest |V| of a SET (negative) pulse, V.")
-    v_reset_max: float = Field(1.3, gt=0, description="Largest V of a RESET (positive) pulse, V.")
-    width_min: float = Field(1e-9, gt=0, description="Shortest pulse width, s.")
-    width_max: float = Field(0.1, gt=0, description="Longest pulse width, s.")
-    v_read_min: float = Field(
-        0.05, gt=0, description="Smallest |V| of a read, V (below it a read measures noise)."
-    )
-    v_read_max: float = Field(0.3, gt=0, description="Largest |V| of a read, V.")
-    compliance: float = Field(1e-3, gt=0, description="Current compliance of reads, A.")
-
-    @model_validator(mode="after")
-    def _width_range(self) -> LimitsSettings:
-        if self.width_min > self.width_max:
-            raise ValueError(f"width_min {self.width_min} s exceeds width_max {self.width_max} s")
-        if self.v_read_min > self.v_read_max:
-            raise ValueError(
-                f"v_read_min {self.v_read_min} V exceeds v_read_max {self.v_read_max} V"
-            )
-        return self
-
-    def to_limits(self) -> Limits:
-        return Limits(**self.model_dump())
+class LimitsSettings(LimitsSchema):
+    """Hard safety limits (``MEMPROG_LIMITS__*``): the shared schema, :mod:`drivers.limits`."""
 
 
 class ServerSettings(BaseModel):

@@ -21,6 +21,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool, model_validator
 
+from drivers.limits import LimitsSchema
+
 Number = Annotated[float, Strict()]
 """A JSON number (an integral one too): never a boolean, never a string."""
 Index = Annotated[int, Strict(), Field(ge=0, lt=2**31, description="Zero-based index.")]
@@ -104,16 +106,8 @@ class HealthResponse(BaseModel):
 # -------------------------------------------------------------------------------------- array
 
 
-class LimitsModel(BaseModel):
-    v_set_max: float = Field(description="Largest |V| of a SET (negative) pulse, V.")
-    v_reset_max: float = Field(description="Largest V of a RESET (positive) pulse, V.")
-    width_min: float = Field(description="Shortest pulse width, s.")
-    width_max: float = Field(description="Longest pulse width, s.")
-    v_read_min: float = Field(
-        description="Smallest |V| of a read, V (below it the read current is noise)."
-    )
-    v_read_max: float = Field(description="Largest |V| of a read, V.")
-    compliance: float = Field(description="Current compliance of reads, A.")
+class LimitsModel(LimitsSchema):
+    """The effective safety limits (the shared schema, :mod:`drivers.limits`)."""
 
 
 class ArrayResponse(BaseModel):

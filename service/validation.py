@@ -12,6 +12,7 @@ import numpy as np
 from fastapi import HTTPException
 
 from drivers.base import BackendInfo, LimitError, Limits, check_pulse, check_read
+from drivers.cells import CellOutOfRange, check_cells
 
 
 class RequestProblem(HTTPException):
@@ -47,16 +48,10 @@ def cell_arrays(
 ) -> tuple[np.ndarray, np.ndarray]:
     """rows, cols of ``cells``; 422 for a cell outside the array or named twice."""
     pairs = np.asarray(cells, dtype=np.int64).reshape(-1, 2)
-    rows, cols = pairs[:, 0], pairs[:, 1]
-    outside = (rows < 0) | (rows >= info.rows) | (cols < 0) | (cols >= info.cols)
-    if np.any(outside):
-        i = int(np.argmax(outside))
-        raise RequestProblem(
-            [field, i],
-            f"cell [{rows[i]}, {cols[i]}] is outside the {info.rows}×{info.cols} array "
-            f"(rows 0…{info.rows - 1}, cols 0…{info.cols - 1})",
-            "outside_array",
-        )
+    try:
+        rows, cols = check_cells(pairs[:, 0], pairs[:, 1], info.rows, info.cols)
+    except CellOutOfRange as exc:
+        raise RequestProblem([field, exc.index], exc.message, "outside_array") from None
     flat = rows * info.cols + cols
     _, first, counts = np.unique(flat, return_index=True, return_counts=True)
     if np.any(counts > 1):

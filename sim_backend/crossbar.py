@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,30 @@ WIDTH_MIN = 1e-9
 """Shortest pulse the simulator accepts, s."""
 WIDTH_MAX = 0.1
 """Longest pulse the simulator accepts, s."""
+V_READ_MAX = 0.3
+"""Largest |V| of a read: the simulator's reads never change a device, which holds at this level
+(the emulated bench treats a longer source at a higher level as a disturbing pulse), V."""
+
+
+@dataclass(frozen=True)
+class SimulatorRanges:
+    """What the simulator accepts — the one place these ranges are written (drivers check
+    deployment limits against them): pulse voltages within the fitted model's validated range,
+    widths, and reads that never disturb a device."""
+
+    v_min: float = V_SET_MIN
+    """Most negative pulse voltage, V."""
+    v_max: float = V_RESET_MAX
+    """Most positive pulse voltage, V."""
+    width_min: float = WIDTH_MIN
+    """Shortest pulse, s."""
+    width_max: float = WIDTH_MAX
+    """Longest pulse, s."""
+    v_read_max: float = V_READ_MAX
+    """Largest |V| of a read, V."""
+
+
+RANGES = SimulatorRanges()
 FILE_FORMAT = 1
 
 
@@ -117,6 +141,8 @@ class Crossbar:
         return (self.rows, self.cols)
 
     def _flat_index(self, rows, cols) -> tuple[np.ndarray, tuple[int, ...]]:
+        # A safety net of the physics' own (it sits below drivers): requests are checked by
+        # drivers.cells.check_cells before they get here.
         r, c = np.broadcast_arrays(np.asarray(rows), np.asarray(cols))
         if r.size and not (np.issubdtype(r.dtype, np.integer) and np.issubdtype(c.dtype,
                                                                                   np.integer)):

@@ -36,6 +36,7 @@ from drivers.base import (
     check_pulse,
     check_read,
 )
+from drivers.cells import check_cells
 from drivers.visa.bench import BenchConfig
 from drivers.visa.keithley707b import Keithley707B
 from drivers.visa.keithley2450 import Keithley2450
@@ -319,14 +320,7 @@ class VisaBackend(Backend):
             raise BackendError("stopped by an emergency stop")
 
     def _cells(self, rows, cols) -> tuple[np.ndarray, np.ndarray]:
-        try:
-            r_arr, c_arr = np.broadcast_arrays(np.asarray(rows), np.asarray(cols))
-        except ValueError:
-            raise LimitError("rows", "rows and cols must have matching shapes") from None
-        for name, arr, n in (("rows", r_arr, self.config.rows), ("cols", c_arr, self.config.cols)):
-            if arr.size and (arr.dtype.kind not in "iu" or arr.min() < 0 or arr.max() >= n):
-                raise LimitError(name, f"cell indices must be integers in 0 ... {n - 1}")
-        return np.ravel(r_arr).astype(np.int64), np.ravel(c_arr).astype(np.int64)
+        return check_cells(rows, cols, self.config.rows, self.config.cols)
 
     def _route(self, row: int, col: int, role: Literal["smu", "pulser"], abort) -> None:
         if self.matrix_driver is None:

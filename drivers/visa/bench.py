@@ -30,7 +30,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from drivers.base import Limits
+from drivers.limits import LimitsSchema
 
 _LINE = re.compile(r"^[1-6](0[1-9]|1[0-2])$")
 _SOCKET = re.compile(r"^TCPIP\d*::(?P<host>[^:]+)::(?P<port>\d+)::SOCKET$", re.IGNORECASE)
@@ -143,28 +143,11 @@ class EmergencyStopConfig(_Frozen):
     ones that did are safe."""
 
 
-class LimitsConfig(_Frozen):
-    """Per-deployment hard safety limits (see :class:`drivers.base.Limits`)."""
+class LimitsConfig(LimitsSchema):
+    """The bench file's ``[limits]``: the shared schema (:mod:`drivers.limits`), with the
+    shortest pulse the 33500B makes as the default ``width_min``."""
 
-    v_set_max: float = Field(default=0.9, gt=0.0, le=10.0)
-    v_reset_max: float = Field(default=1.3, gt=0.0, le=10.0)
-    width_min: float = Field(default=1.6e-8, gt=0.0)
-    width_max: float = Field(default=0.1, gt=0.0, le=1.0)
-    v_read_min: float = Field(default=0.05, gt=0.0, le=2.0)
-    """Smallest |V| of a read, V (below it the read current is the SMU's noise)."""
-    v_read_max: float = Field(default=0.3, gt=0.0, le=2.0)
-    compliance: float = Field(default=1e-3, ge=1e-9, le=1.05)
-
-    @model_validator(mode="after")
-    def _order(self) -> LimitsConfig:
-        if self.width_min > self.width_max:
-            raise ValueError("width_min must not exceed width_max")
-        if self.v_read_min > self.v_read_max:
-            raise ValueError("v_read_min must not exceed v_read_max")
-        return self
-
-    def to_limits(self) -> Limits:
-        return Limits(**self.model_dump())
+    width_min: float = Field(default=1.6e-8, gt=0.0, description="Shortest pulse width, s.")
 
 
 FaultKind = Literal["slow", "drop", "garbage", "error"]

@@ -21,12 +21,11 @@ from drivers.base import BackendError
 from drivers.visa.bench import SMUConfig
 from drivers.visa.scpi import (
     Choice,
-    InstrumentError,
     Range,
+    ScpiInstrument,
     Setting,
     join_scpi,
     parse_bool,
-    parse_error,
     parse_float,
     split_reply,
 )
@@ -36,13 +35,11 @@ OVERFLOW = 9.9e37
 """Keithley's reading for a measurement over range."""
 
 
-class Keithley2450:
+class Keithley2450(ScpiInstrument):
     """The SCPI dialect of the 2450 used here, commands declared next to their validators."""
 
     # identity / housekeeping
-    IDENTIFY = "*IDN?;*LANG?"
-    CLEAR = "*CLS"
-    ERROR = ":SYST:ERR?"
+    IDENTIFY = "*IDN?;*LANG?"  # CLEAR, ERROR: ScpiInstrument's
     # source
     OUTPUT_ON = ":OUTP ON"
     OUTPUT_OFF = ":OUTP OFF"
@@ -116,24 +113,14 @@ class Keithley2450:
                 "(front panel: Menu → System → Settings → Command Set) and restart it"
             )
         self.idn = idn.strip()
-        self._check(split_reply(s.query(self.setup_message()), 1)[0], "setup")
+        self.check(split_reply(s.query(self.setup_message()), 1)[0], "setup")
 
     def measure(self, s: Session, v_read: float) -> tuple[float, bool]:
         """Source ``v_read`` (V), measure; returns (current in A, compliance tripped)."""
         message = self.read_message(v_read)
         reading, tripped, error = split_reply(s.query(message), 3)
-        self._check(error, message)
+        self.check(error, message)
         current = parse_float(reading, "2450 reading")
         if abs(current) >= OVERFLOW / 10:
             raise BackendError(f"{self.name}: current over the measurement range (overflow)")
         return current, parse_bool(tripped, "2450 limit tripped")
-
-    def safe(self, s: Session) -> None:
-        message = self.safe_message()
-        self._check(split_reply(s.query(message), 1)[0], message)
-
-    def _check(self, field: str, message: str) -> None:
-        code, text = parse_error(field)
-        if code != 0:
-            raise InstrumentError(self.name, [(code, text)], message)
-

@@ -21,18 +21,17 @@ from collections.abc import Iterable
 
 from drivers.base import BackendError
 from drivers.visa.bench import MatrixConfig
-from drivers.visa.scpi import InstrumentError, ProtocolError, parse_float
+from drivers.visa.scpi import InstrumentDriver, InstrumentError, ProtocolError, parse_float
 from drivers.visa.transport import Session
 
 Destination = str
 """``"smu"``, ``"pulser"`` or ``"both"``."""
 
 
-class Keithley707B:
-    """The TSP calls of the 707B used here."""
+class Keithley707B(InstrumentDriver):
+    """The TSP calls of the 707B used here (IDENTIFY, CLEAR: :class:`InstrumentDriver`'s; its
+    error queue is TSP's ``errorqueue``, read with the status of every action)."""
 
-    IDENTIFY = "*IDN?"
-    CLEAR = "*CLS"
     OPEN_ALL = 'channel.open("allslots")'
     STATUS = 'print(channel.getclose("allslots"), errorqueue.count)'
     NEXT_ERROR = "print(errorqueue.next())"

@@ -36,9 +36,9 @@ from drivers.visa.scpi import (
     Choice,
     InstrumentError,
     Range,
+    ScpiInstrument,
     Setting,
     join_scpi,
-    parse_error,
     parse_float,
     split_reply,
 )
@@ -69,12 +69,10 @@ class PulseShape:
     period: float
 
 
-class Keysight33500B:
+class Keysight33500B(ScpiInstrument):
     """The SCPI dialect of the 33500B used here, commands declared next to their validators."""
 
-    IDENTIFY = "*IDN?"
-    CLEAR = "*CLS"
-    ERROR = "SYST:ERR?"
+    ERROR = "SYST:ERR?"  # IDENTIFY, CLEAR: ScpiInstrument's
     TRIGGER = "*TRG"
     WAIT = "*WAI"
     OPERATION_COMPLETE = "*OPC?"
@@ -159,8 +157,7 @@ class Keysight33500B:
     def on_connect(self, s: Session) -> None:
         self._shape = None  # the instrument's timing is unknown after a (re)connect
         self.idn = s.query(self.IDENTIFY).strip()
-        message = self.setup_message()
-        self._check(split_reply(s.query(message), 1)[0], message)
+        self.send_checked(s, self.setup_message())
 
     def apply_shape(self, s: Session, shape: PulseShape) -> bool:
         """Send the shape if it changed; True if anything was sent."""
@@ -168,7 +165,7 @@ class Keysight33500B:
             return False
         message = join_scpi([*self.shape_units(shape, self._shape), self.ERROR])
         self._shape = None  # unknown until confirmed
-        self._check(split_reply(s.query(message), 1)[0], message)
+        self.send_checked(s, message)
         self._shape = shape
         return True
 
@@ -180,7 +177,7 @@ class Keysight33500B:
         busy = self._shape.period if self._shape is not None else 0.0
         opc, error = split_reply(s.query(message, busy=busy), 2)
         try:
-            self._check(error, message)
+            self.check(error, message)
             if parse_float(opc, "*OPC?") != 1:
                 raise InstrumentError(self.name, [(0, f"*OPC? answered {opc!r}")], message)
         except InstrumentError as e:
@@ -190,15 +187,8 @@ class Keysight33500B:
             e.uncertain = True
             raise
 
-    def safe(self, s: Session) -> None:
-        message = self.safe_message()
-        self._check(split_reply(s.query(message), 1)[0], message)
-
-    def _check(self, field: str, message: str) -> None:
-        code, text = parse_error(field)
-        if code != 0:
-            self._shape = None
-            raise InstrumentError(self.name, [(code, text)], message)
+    def on_error(self) -> None:
+        self._shape = None  # what the instrument holds after an error is not known
 
 
 def check_pulse_shape(driver: Keysight33500B, voltage: float, width: float) -> PulseShape:

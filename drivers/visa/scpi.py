@@ -17,8 +17,12 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from drivers.base import BackendError, LimitError
+
+if TYPE_CHECKING:  # the transport imports this module
+    from drivers.visa.transport import Session
 
 
 class ProtocolError(IOError):
@@ -150,3 +154,43 @@ def parse_bool(field: str, what: str) -> bool:
     if f in ("0", "OFF", "+0"):
         return False
     raise ProtocolError(f"{what}: not a boolean: {field!r}")
+
+
+class InstrumentDriver:
+    """What every instrument driver here has: its role's ``name`` (for messages), its
+    identity (the ``IDENTIFY`` query's answer, read on every (re)connect) and the command
+    that clears its status (``CLEAR``)."""
+
+    IDENTIFY = "*IDN?"
+    CLEAR = "*CLS"
+    name: str = ""
+    idn: str = ""
+
+
+class ScpiInstrument(InstrumentDriver):
+    """An SCPI instrument whose every program message ends with a read of its error queue
+    (``ERROR``): an entry other than ``0,"No error"`` is an :class:`InstrumentError` naming
+    the instrument and the message. ``safe`` sends ``safe_message()`` the same way."""
+
+    ERROR = ":SYST:ERR?"
+
+    def check(self, field: str, message: str) -> None:
+        """Raise the error-queue entry ``field`` (the reply to ``ERROR``) if it is one."""
+        code, text = parse_error(field)
+        if code != 0:
+            self.on_error()
+            raise InstrumentError(self.name, [(code, text)], message)
+
+    def on_error(self) -> None:
+        """Called before an error is raised: forget what the instrument may no longer hold."""
+
+    def send_checked(self, s: Session, message: str) -> None:
+        """Send ``message`` (ending with ``ERROR``) and raise what its error queue says."""
+        self.check(split_reply(s.query(message), 1)[0], message)
+
+    def safe_message(self) -> str:
+        raise NotImplementedError
+
+    def safe(self, s: Session) -> None:
+        self.send_checked(s, self.safe_message())
+
