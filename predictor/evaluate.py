@@ -22,15 +22,15 @@ One shot (RPD relative to the update and to the target, noise-free truth of the 
   device of the population, and the fraction of devices it brings within ±50 % (with its
   standard error over the transitions).
 
-Write-and-verify to a tolerance (default 2 % of the target) with the service's loop semantics
-(read all; then per iteration pulse the unconverged cells and read them): ``predictor``, and the
+Write-and-verify to a tolerance (default 2 % of the target) with the service's own loop,
+:func:`programming.program_cells` (read all; then per iteration pulse the unconverged cells and
+read them), on the crossbar through :class:`drivers.sim.SimBackend`: ``predictor``, and the
 service's ``ispp`` and ``fixed`` strategies, on the same devices. Device time = Σ widths + reads ×
 ``read_time``.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,11 +38,14 @@ from pathlib import Path
 import numpy as np
 
 from drivers.base import Limits
+from drivers.sim import SimBackend
 from predictor import scores as M
 from predictor.control import PolicyConfig, PredictorPlanner
 from predictor.runtime import PulsePredictor
-from programming import get_strategy
+from programming import Planner, ProgramJob, ProgramOutcome, get_strategy, program_cells
+from programming.tally import TallyRecorder
 from sim_backend import Crossbar
+from sim_backend.crossbar import V_READ
 from sim_backend.integrator import apply_pulses
 from sim_backend.jart import N_HI, N_LO, DeviceParams, conductance, state_for_conductance
 
@@ -118,41 +121,50 @@ class LoopResult:
 
 def write_verify(xb: Crossbar, rows, cols, target, planner, tolerance: float, max_pulses: int
                  ) -> LoopResult:
-    """A write-and-verify loop on a crossbar directly, with the noise-free truth beside it."""
-    t0 = time.perf_counter()
-    n = target.size
-    g_true_start = xb.conductance_map().ravel()[rows * xb.cols + cols]
-    g = xb.read(rows, cols).ravel()
-    pulses = np.zeros(n, dtype=np.int64)
-    width_sum = np.zeros(n)
-    reads = np.ones(n, dtype=np.int64)
-    conv = M.converged(g, target, tolerance)
-    while True:
-        idx = np.flatnonzero(~conv & (pulses < max_pulses))
-        if idx.size == 0:
-            break
-        voltage, width = planner.choose(idx, g[idx])
-        voltage = np.broadcast_to(np.asarray(voltage, float), idx.shape)
-        width = np.broadcast_to(np.asarray(width, float), idx.shape)
-        xb.pulse(rows[idx], cols[idx], voltage, width)
-        pulses[idx] += 1
-        width_sum[idx] += width
-        g[idx] = xb.read(rows[idx], cols[idx]).ravel()
-        reads[idx] += 1
-        conv[idx] = M.converged(g[idx], target[idx], tolerance)
-    g_final = xb.conductance_map().ravel()[rows * xb.cols + cols]
-    return LoopResult(g_true_start, g_final, g, pulses, width_sum, reads,
-                      M.converged(g_final, target, tolerance), time.perf_counter() - t0)
+    """Write-and-verify on a crossbar with the service's own loop
+    (:func:`programming.program_cells`), with the noise-free truth beside it."""
+    g_true_start = _truth(xb, rows, cols)
+    out, tally = _run_loop(xb, rows, cols, target, planner, tolerance, max_pulses, verify=True)
+    assert out.final is not None
+    g_final = _truth(xb, rows, cols)
+    return LoopResult(g_true_start, g_final, out.final, out.pulses, tally.width_sum,
+                      out.pulses + 1, M.converged(g_final, target, tolerance), out.wall_time)
 
 
 def one_shot(xb: Crossbar, rows, cols, target, planner) -> tuple[np.ndarray, np.ndarray]:
-    """One pulse per device chosen from one read; returns (G_start, G_reached), noise-free."""
-    flat = rows * xb.cols + cols
-    g_start = xb.conductance_map().ravel()[flat]
-    g_read = xb.read(rows, cols).ravel()
-    voltage, width = planner.choose(np.arange(target.size), g_read)
-    xb.pulse(rows, cols, voltage, width)
-    return g_start, xb.conductance_map().ravel()[flat]
+    """One pulse per device chosen from one read, with the service's loop in one-shot mode;
+    returns (G_start, G_reached), noise-free."""
+    g_start = _truth(xb, rows, cols)
+    _run_loop(xb, rows, cols, target, planner, 0.0, 1, verify=False)
+    return g_start, _truth(xb, rows, cols)
+
+
+class _Configured(Planner):
+    """A pulse chooser configured by the evaluation (a :class:`PredictorPlanner` with its own
+    prior, the noise-free baseline, a registered strategy's planner) as the loop's planner:
+    nothing remembered across runs, and its one-shot configuration left as it was given."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def choose(self, idx: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.inner.choose(idx, g)
+
+
+def _run_loop(xb: Crossbar, rows, cols, target, planner, tolerance: float, max_pulses: int,
+              *, verify: bool) -> tuple[ProgramOutcome, TallyRecorder]:
+    rows, cols = np.asarray(rows), np.asarray(cols)
+    tally = TallyRecorder(rows, cols, xb.cols)
+    job = ProgramJob(rows=rows, cols=cols, target=np.asarray(target, dtype=float),
+                     tolerance=tolerance, max_pulses=max_pulses, strategy="evaluation",
+                     verify=verify, trace=False, v_read=V_READ, limits=Limits())
+    out = program_cells(SimBackend(xb), tally, job, planner=_Configured(planner))
+    return out, tally
+
+
+def _truth(xb: Crossbar, rows, cols) -> np.ndarray:
+    """The simulator's noise-free conductance (S) of the cells."""
+    return xb.conductance_map().ravel()[np.asarray(rows) * xb.cols + np.asarray(cols)]
 
 
 # ----------------------------------------------------------------- the noise-free baseline

@@ -15,7 +15,7 @@ from drivers.factory import make_backend
 from predictor import strategy as predictor_strategy
 from service import errors
 from service import metrics as metrics_module
-from service.auth import AuthMiddleware, AuthState, KeyStore, require, require_by_method
+from service.auth import AuthMiddleware, AuthState, require, require_by_method
 from service.body_limit import BodyLimitMiddleware, default_max_body_bytes
 from service.config import Settings, load_settings
 from service.jobs import JobManager
@@ -35,6 +35,7 @@ from service.routers import (
 )
 from service.routers import predictor as predictor_router
 from service.state import ServiceState
+from service.store.keys import KeyStore
 
 API_PREFIX = "/api/v1"
 

@@ -17,7 +17,6 @@ G_target) and of the target, and the write-and-verify pulses per cell.
 from __future__ import annotations
 
 import json
-import sqlite3
 import tempfile
 import time
 import warnings
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from service.config import Settings
+from service.store.device_memory import forget_all
 
 TARGET_RANGE = (110e-6, 540e-6)  # S: inside the shipped model's trained target range
 MIN_UPDATE = 0.05  # |G_target − G_start| / G_target below which a task is not scored
@@ -69,8 +69,7 @@ def run_scenario(
                     "targets": _targets(cells, g1), "tolerance": tolerance}).json()
                 pulses = np.array([x["pulses"] for x in run["results"]])
                 if not remember:
-                    with sqlite3.connect(settings.database) as conn:
-                        conn.execute("DELETE FROM device_memory")
+                    forget_all(Path(settings.database))
                 g2 = rng.uniform(*TARGET_RANGE, len(cells))
                 shot = api.post("/api/v1/program", json={
                     "targets": _targets(cells, g2), "verify": False}).json()

@@ -11,7 +11,7 @@ from fastapi import Depends, Request
 
 from service.config import Settings
 from service.state import ServiceState
-from service.storage import Storage
+from service.store import Storage
 
 
 async def get_state(request: Request) -> ServiceState:

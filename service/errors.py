@@ -12,7 +12,6 @@ The programming core's own errors are in ``programming/errors.py``.
 from __future__ import annotations
 
 import math
-import sqlite3
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +25,7 @@ from predictor.runtime import OutOfRangeError
 from predictor.strategy import PredictorUnavailable
 from programming.errors import InvalidRequest, StrategyFailure
 from service.owner import EmergencyStopped
-from service.storage import LogUnavailable
+from service.store import LogUnavailable, db
 from service.validation import limit_problem, problem_detail
 
 
@@ -60,7 +59,7 @@ ERRORS: tuple[tuple[type[Exception], int, Detail], ...] = (
     (PredictorUnavailable, 503, str),
     (LogUnavailable, 503, str),
     # a read of the history while the database is gone or locked: no answer to give
-    (sqlite3.OperationalError, 503, lambda e: f"database unavailable: {type(e).__name__}: {e}"),
+    (db.Unavailable, 503, lambda e: f"database unavailable: {type(e).__name__}: {e}"),
     (BackendUnavailable, 503, lambda e: f"backend unavailable: {e}"),
 )
 

@@ -46,7 +46,7 @@ backend         —        HDF5 enum: simulated = 0, hardware = 1
 The file is written to a real (seekable) file — HDF5 cannot be produced as a byte stream — one
 cell at a time from SQLite ordered by cell, so memory stays bounded by one cell's history. That
 read is one query over the whole log (there is no index to page by cell): the service writes
-from a copy (:class:`service.storage.Snapshot`, :mod:`service.exports`), never holding the live
+from a copy (:class:`service.store.Snapshot`, :mod:`service.exports`), never holding the live
 database for the minutes a large export takes. The
 time series hold fixed-size fields only (the rare notes are in ``/notes``): a variable-length
 field would give every cell's dataset its own global-heap collection (≥ 4 KiB each), which made
@@ -65,7 +65,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from service.storage import OPERATION_COLUMNS, Snapshot, Storage
+from service.store import OPERATION_COLUMNS, Snapshot, Storage
 
 FORMAT = "memprog-hdf5"
 FORMAT_VERSION = 1
@@ -239,7 +239,7 @@ def write_hdf5(
 
     ``rows``/``cols`` are the array's geometry (the crossbar maps grow if the log holds a cell
     beyond it); ``backend`` (simulated | hardware) is what the service drives now. ``storage``
-    is read in one long read: pass a :class:`~service.storage.Snapshot` of a live log.
+    is read in one long read: pass a :class:`~service.store.Snapshot` of a live log.
     """
     created = time.time()
     with h5py.File(path, "w", libver=("v110", "latest")) as h5:

@@ -16,7 +16,7 @@ Invariants (one :class:`ExportPool` per application, made and shut down by :func
 - An export is a snapshot of the log at its start and never holds the database while a client
   reads: CSV reads pages of ``exports.page_rows`` operations (each its own short read) up to the
   last operation id at the start; HDF5 is written from a copy made by one short read
-  (:meth:`service.storage.Storage.snapshot`). Both name that id in ``X-Memprog-Last-Operation-Id``.
+  (:meth:`service.store.Storage.snapshot`). Both name that id in ``X-Memprog-Last-Operation-Id``.
 - A send that takes no data for ``exports.send_timeout_s`` s ends the response: the connection is
   closed without the response's end (the client sees a truncated transfer, never a complete-
   looking one) and the export's slot is freed.
@@ -44,7 +44,7 @@ from starlette.types import Receive, Scope, Send
 
 from service import export_hdf5
 from service.config import ExportSettings
-from service.storage import OPERATION_COLUMNS, Snapshot, Storage
+from service.store import OPERATION_COLUMNS, Snapshot, Storage
 
 log = logging.getLogger("memprog.exports")
 

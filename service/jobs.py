@@ -9,7 +9,7 @@ every batched pulse whether to stop. Its record lives in SQLite (table ``jobs``)
 * its progress (cells done, cells converged, pulses) is written in the same transaction as each
   iteration's operations, so after a crash the record and the operation log agree exactly;
 * a job still ``queued`` or ``running`` when the service starts again is marked ``interrupted``
-  by :class:`~service.storage.Storage` and never re-run (its operations are kept);
+  by :class:`~service.store.Storage` and never re-run (its operations are kept);
 * a graceful shutdown stops a running job between pulses and marks it ``interrupted`` too.
 
 Status: ``queued`` → ``running`` → ``completed`` | ``failed`` | ``aborted`` | ``interrupted``
@@ -36,7 +36,7 @@ from programming import ProgramJob, Progress, program_cells
 from service.models import JOB_TERMINAL, JobRecord, JobStatus
 from service.owner import BackendOwner, EmergencyStopped
 from service.recording import LogRecorder
-from service.storage import Storage
+from service.store import Storage
 
 log = logging.getLogger("memprog.jobs")
 
@@ -55,7 +55,7 @@ def _utc(t: float | None) -> datetime | None:
 
 
 def job_record(row: dict, abort_requested: bool = False) -> JobRecord:
-    """The API record of a stored job row (:data:`service.storage.JOB_COLUMNS`)."""
+    """The API record of a stored job row (:data:`service.store.schema.JOB_COLUMNS`)."""
     return JobRecord(
         id=row["id"],
         status=row["status"],

@@ -12,13 +12,13 @@ created — not a stray empty database that would then receive keys no service r
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from service.auth import SCOPES, KeyStore
+from service.store import db
+from service.store.keys import SCOPES, KeyStore
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -80,7 +80,7 @@ def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
                 "database with `memprog keys create --create ...`",
                 file=sys.stderr,
             )
-        except sqlite3.DatabaseError as exc:
+        except db.Error as exc:
             where = args.database if args.database is not None else "the settings' database"
             print(f"memprog keys {args.keys}: {where} is no usable memprog database: {exc}",
                   file=sys.stderr)

@@ -25,7 +25,6 @@ Each app has its own registry (several apps may live in one process, as in the t
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -43,8 +42,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from programming.loop import RunParams
 from service.auth import require
-from service.storage import RunParams, Storage
+from service.store import Storage, db
 
 JOB_STATUSES = ("queued", "running", "completed", "failed", "aborted", "interrupted")
 
@@ -133,7 +133,7 @@ class _StateCollector(Collector):
         )
         try:
             counts = jobs()
-        except sqlite3.Error:  # the database is gone: memprog_log_up says so
+        except db.Error:  # the database is gone: memprog_log_up says so
             counts = None
         if counts is not None:
             for status in JOB_STATUSES:

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from drivers.base import Backend, BackendError, BackendInfo, BackendUnavailable
-from service.storage import LogUnavailable, Storage
+from service.store import LogUnavailable, Storage
 
 T = TypeVar("T")
 

@@ -5,11 +5,11 @@ to fails half-way (a bench fires a batch cell by cell, and the error says how ma
 :class:`drivers.base.BackendError` ``completed`` / ``uncertain``), and also when the database
 fails. So the pulses are first *reserved* — written and committed as pending — and only then
 fired; a log that cannot take them stops everything before a device sees a pulse
-(:class:`service.storage.LogUnavailable`, "log unavailable, nothing fired"). After the fire the
+(:class:`service.store.LogUnavailable`, "log unavailable, nothing fired"). After the fire the
 reservation is *settled*: fired, uncertain (the trigger went out, no confirmation), or removed
 (not fired). A settlement the database cannot take goes to the side journal
-(:mod:`service.journal`), and a crash between the two leaves the reservation, read as uncertain
-at the next start.
+(:mod:`service.store.journal`), and a crash between the two leaves the reservation, read as
+uncertain at the next start.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 
 from drivers.base import Backend, BackendError, LimitError, ReadResult
 from programming.loop import RunParams
-from service.storage import UNCERTAIN_FIRE, Storage
+from service.store import UNCERTAIN_FIRE, Storage
 
 UNCERTAIN = UNCERTAIN_FIRE
 """The note of a pulse that may have been fired (its trigger went out, no confirmation)."""

@@ -8,10 +8,12 @@ from pathlib import Path
 import uvicorn
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-from service import connections, dblock
+from service import connections
 from service.app import create_app
-from service.auth import KeyStore, exposure_problem
+from service.auth import exposure_problem
 from service.config import load_settings
+from service.store import dblock
+from service.store.keys import KeyStore
 
 GRACEFUL_SHUTDOWN_S = 3.0
 """s that open responses get on SIGTERM before they are closed and the service shuts down."""
@@ -27,7 +29,7 @@ def serve(
 
     Refuses (exit status 2, nothing served) to bind to a non-loopback address without
     authentication, to start on a database another service holds (naming it; nothing
-    opened, neither the database nor the backend: :mod:`service.dblock`), and to start with
+    opened, neither the database nor the backend: :mod:`service.store.dblock`), and to start with
     ``server.max_connections`` beyond what the file descriptor limit allows.
 
     Raises the process's soft file descriptor limit to its hard limit first; client connections

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from drivers.base import BackendInfo, Limits, stricter
 from service.config import Settings
 from service.owner import BackendOwner
-from service.storage import Storage
+from service.store import Storage
 
 
 @dataclass

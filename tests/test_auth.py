@@ -10,9 +10,11 @@ import time
 
 import pytest
 
-from service.auth import KEY_REFRESH_S, KeyStore, exposure_problem, is_loopback
+from service.auth import exposure_problem, is_loopback
 from service.cli import main
+from service.key_cache import KEY_REFRESH_S
 from service.launch import free_port, memprog_command
+from service.store.keys import KeyStore
 
 API = "/api/v1"
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from predictor import strategy
 from service.benchmark_memory import run_scenario
-from service.storage import Storage
+from service.store import Storage
 
 
 def test_storage_round_trip_keeps_keys_apart_and_nan_keeps_the_old_value(tmp_path):

@@ -224,7 +224,7 @@ def test_notes_and_long_histories_are_exported(tmp_path, monkeypatch):
     """A pulse's note (an uncertain pulse of a failing bench) goes to /notes; a cell whose
     history exceeds one write batch is appended to, in order, with NROWS kept."""
     from service import export_hdf5
-    from service.storage import Storage
+    from service.store import Storage
 
     storage = Storage(tmp_path / "notes.db", backend_kind="hardware")
     one = np.array([1])

@@ -33,7 +33,7 @@ API = "/api/v1"
 ROWS = COLS = 32
 MiB = 1024 * 1024
 WAL_BOUND = 16 * MiB
-"""bytes: service.storage.WAL_SIZE_LIMIT, the size a checkpoint truncates the WAL file to.
+"""bytes: service.store.db.WAL_SIZE_LIMIT, the size a checkpoint truncates the WAL file to.
 Auto-checkpoints keep the WAL near 4 MiB when nothing pins it (measured: 5 MiB at most during
 10 s of a job on this array); pinned by a stalled CSV export it grew to 165 MiB in those 10 s
 before the fix, and stayed so."""
@@ -44,7 +44,7 @@ pytestmark = pytest.mark.slow
 def preload(database: Path, n_ops: int) -> None:
     """A database holding ``n_ops`` reads (so an export takes a while and outgrows the socket
     buffers), made before the service opens it."""
-    from service.storage import Storage
+    from service.store import Storage
 
     Storage(database).close()
     t0 = time.time() - n_ops * 1e-3

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from service.auth import KeyStore
 from service.cli import main
 from service.launch import memprog_command
+from service.store.keys import KeyStore
 
 
 def tree(folder: Path) -> list[str]:

@@ -19,9 +19,9 @@ import time
 import httpx
 import pytest
 
-from service.auth import KeyStore
 from service.launch import ServerProcess
-from service.storage import Storage
+from service.store import Storage
+from service.store.keys import KeyStore
 from tests.servers import sim_server_env
 from tests.test_jobs import TERMINAL, job_of, long_job, wait_for
 

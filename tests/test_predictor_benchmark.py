@@ -57,3 +57,39 @@ def test_cli_has_the_subcommands(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "--out" in capsys.readouterr().out
+
+
+def test_the_evaluation_runs_the_services_loop_and_tallies_each_cells_pulse_widths():
+    """predictor.evaluate's write-and-verify is programming.program_cells (no loop of its own):
+    on twin crossbars, the same pulses per cell as the loop's own traces, and the widths the
+    tally recorder summed per cell — cells in a shuffled order — are those of the traces."""
+    import numpy as np
+
+    from drivers.base import Limits
+    from drivers.sim import SimBackend
+    from predictor.evaluate import write_verify
+    from programming import ProgramJob, get_strategy, program_cells
+    from programming.tally import TallyRecorder
+    from sim_backend import Crossbar
+
+    rng = np.random.default_rng(5)
+    flat = rng.permutation(64)[:40]
+    rows, cols = flat // 8, flat % 8
+    target = rng.uniform(120e-6, 500e-6, flat.size)
+
+    def twin() -> Crossbar:
+        return Crossbar(8, 8, seed=11, variability="realistic", read_noise=0.002)
+
+    res = write_verify(twin(), rows, cols, target, get_strategy("ispp").begin(target, Limits()),
+                       0.05, 60)
+    job = ProgramJob(rows=rows, cols=cols, target=target, tolerance=0.05, max_pulses=60,
+                     strategy="ispp", verify=True, trace=True, v_read=0.2, limits=Limits())
+    xb = twin()
+    out = program_cells(SimBackend(xb), TallyRecorder(rows, cols, 8), job)
+    assert out.traces is not None
+    assert res.pulses.tolist() == out.pulses.tolist()
+    assert res.pulses.sum() > flat.size  # more than one pulse per cell: a real run
+    widths = np.array([sum(step["width"] for step in trace) for trace in out.traces])
+    np.testing.assert_allclose(res.width_sum, widths, rtol=1e-12)
+    assert res.reads.tolist() == (out.pulses + 1).tolist()
+    np.testing.assert_allclose(res.g_final, xb.conductance_map().ravel()[flat])

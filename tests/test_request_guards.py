@@ -12,9 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.auth import KEY_REFRESH_S, KeyStore
+from service.key_cache import KEY_REFRESH_S
 from service.launch import ServerProcess
-from service.storage import Storage
+from service.store import Storage
+from service.store.keys import KeyStore
 from tests.servers import sim_server_env
 from tests.test_jobs import long_job, wait_for
 

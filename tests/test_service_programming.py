@@ -19,7 +19,7 @@ from programming import (
     strategy_names,
 )
 from service.recording import LogRecorder
-from service.storage import Storage
+from service.store import Storage
 
 # What the service does where it builds its app: the predictor's strategy is registered explicitly.
 register_predictor_strategy()

@@ -17,9 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from programming.loop import RunParams
 from service.cli import main
 from service.launch import ServerProcess
-from service.storage import RunParams, Storage
+from service.store import Storage
 from tests.servers import sim_server_env
 from tests.test_jobs import wait_for
 
@@ -118,7 +119,7 @@ def test_a_second_storage_is_refused_naming_the_holder_and_changes_nothing(tmp_p
 
 HOLD = """
 import sys, time
-from service.storage import Storage
+from service.store import Storage
 storage = Storage(sys.argv[1], "simulated")
 print("held", flush=True)
 time.sleep(120)

@@ -20,7 +20,7 @@ from drivers.base import Limits
 from drivers.sim import SimBackend
 from programming import ProgramJob, program_cells
 from service.recording import LogRecorder
-from service.storage import Storage
+from service.store import Storage
 
 API = "/api/v1"
 pytestmark = pytest.mark.timeout(300)

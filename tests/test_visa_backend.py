@@ -418,7 +418,7 @@ def test_a_pulse_longer_than_the_io_timeout_is_waited_for():
 
 def test_a_trigger_the_pulser_ignored_is_logged_uncertain_not_fired(tmp_path, rig):
     from service.recording import UNCERTAIN, pulse_and_record
-    from service.storage import Storage
+    from service.store import Storage
 
     emu, backend = rig
     with emu.bench.lock:  # disarmed behind the driver's back (front panel, a glitch)

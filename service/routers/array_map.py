@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.deps import StateDep
 from service.state import ServiceState
-from service.storage import Storage
+from service.store import Storage
 
 router = APIRouter(tags=["array"])
 

@@ -16,7 +16,7 @@ from service.models import CellResult, ProgramRequest, ProgramResponse
 from service.recording import LogRecorder
 from service.request_helpers import program_job
 from service.responses import ERRORS, json_response
-from service.storage import Storage
+from service.store import Storage
 
 router = APIRouter(tags=["program"])
 

@@ -10,7 +10,7 @@ from service.models import AppliedPulse, PulseRequest, PulseResponse
 from service.recording import pulse_and_record
 from service.request_helpers import readings, request_v_read
 from service.responses import ERRORS, json_response
-from service.storage import Storage
+from service.store import Storage
 from service.validation import cell_arrays, checked_pulses, per_cell
 
 router = APIRouter(tags=["cells"])

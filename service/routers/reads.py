@@ -10,7 +10,7 @@ from service.deps import StateDep
 from service.models import ReadRequest, ReadResponse
 from service.request_helpers import readings, request_v_read
 from service.responses import ERRORS, json_response
-from service.storage import Storage
+from service.store import Storage
 from service.validation import cell_arrays
 
 router = APIRouter(tags=["cells"])

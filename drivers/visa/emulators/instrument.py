@@ -9,6 +9,7 @@ would take: integration, bursts), which the server waits before replying.
 from __future__ import annotations
 
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -214,6 +215,18 @@ class SCPIInstrument(EmulatedInstrument):
     def _error_count(self, suffixes, args) -> str:
         no_args(args)
         return str(len(self.errors))
+
+
+def query_handler(check_suffixes: Callable[[list], None], answer: Callable[[], str]) -> Callable:
+    """A command table's query handler: checks the header's numeric suffixes
+    (``check_suffixes``), refuses arguments, and answers ``answer()``."""
+
+    def get(suffixes, args):
+        check_suffixes(suffixes)
+        no_args(args)
+        return answer()
+
+    return get
 
 
 def _canonical(pattern: str) -> str:

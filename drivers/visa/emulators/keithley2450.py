@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from drivers.visa.emulators.instrument import SCPIInstrument
+from drivers.visa.emulators.instrument import SCPIInstrument, query_handler
 from drivers.visa.emulators.scpi import (
     Command,
     SCPIError,
@@ -88,12 +88,7 @@ class Keithley2450Emulator(SCPIInstrument):
 
     @staticmethod
     def _q(fn):
-        def get(suffixes, args):
-            _single(suffixes)
-            no_args(args)
-            return fn()
-
-        return get
+        return query_handler(_single, fn)
 
     def common(self, name: str, query: bool, args: list[str]) -> str | None:
         if name == "LANG":

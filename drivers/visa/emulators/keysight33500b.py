@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import math
 
-from drivers.visa.emulators.instrument import SCPIInstrument
+from drivers.visa.emulators.instrument import SCPIInstrument, query_handler
 from drivers.visa.emulators.scpi import (
     Command,
     SCPIError,
     boolean,
     keyword,
-    no_args,
     number,
     one_arg,
 )
@@ -111,12 +110,7 @@ class Keysight33500BEmulator(SCPIInstrument):
 
     @staticmethod
     def _q(fn):
-        def get(suffixes, args):
-            _channel(suffixes)
-            no_args(args)
-            return fn()
-
-        return get
+        return query_handler(_channel, fn)
 
     # -- setters ----------------------------------------------------------------------------------
 

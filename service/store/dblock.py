@@ -5,7 +5,7 @@ first one's running job ``interrupted`` while that job goes on pulsing under it.
 holds an exclusive :func:`fcntl.flock` on ``<database>.lock``, beside the database:
 
 * taken before anything in the database is created, opened or changed
-  (:class:`service.storage.Storage`), and by ``memprog serve`` before it opens the backend
+  (:class:`service.store.Storage`), and by ``memprog serve`` before it opens the backend
   (:func:`reserve`): a second service is refused there, with the holder named (pid, host, since
   when, listen address), having touched neither the database nor the instruments;
 * released when the database is closed, and by the kernel when the holder's process ends,
@@ -177,7 +177,7 @@ def _key(database: str | Path) -> Path:
 
 def reserve(database: str | Path, listen: str | None = None) -> DatabaseLock:
     """For ``memprog serve``: take the lock now, before the backend is opened; this process's
-    next :class:`~service.storage.Storage` on ``database`` adopts it (:func:`hold`)."""
+    next :class:`~service.store.Storage` on ``database`` adopts it (:func:`hold`)."""
     lock = DatabaseLock(database, listen).acquire()
     with _registry:
         _reserved[_key(database)] = lock

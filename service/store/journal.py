@@ -1,6 +1,6 @@
 """The side journal: where the log's writes go while the database cannot take them.
 
-A pulse is recorded before it is fired (:meth:`service.storage.Storage.reserve_pulses`), so a
+A pulse is recorded before it is fired (:meth:`service.store.Storage.reserve_pulses`), so a
 database that refuses writes (a full disk, a file moved away, a read-only mount) stops
 programming before anything is fired. What was already under way when it broke — the
 confirmation of a batch that was fired, its verify read, the end of its run and job — must not
@@ -13,7 +13,7 @@ record is ``MAGIC``, a length and a CRC-32 (8 bytes, little-endian), then the pi
 the first position that does not hold a whole, intact record ends the journal (all zeros after
 a reset). Every append is flushed to the disk (``fdatasync``) before it returns.
 
-Records are ``(uid, time, operation, args, kwargs)``: a :class:`service.storage.Storage` write
+Records are ``(uid, time, operation, args, kwargs)``: a :class:`service.store.Storage` write
 method and its arguments. ``uid`` makes a replay idempotent (the storage keeps the uids it has
 applied, in the same transaction as the writes). The file is the service's own and only ever
 read by it: pickle is not a trust boundary here.
