@@ -20,6 +20,8 @@ class SimConfig(Protocol):
     @property
     def variability(self) -> str: ...
     @property
+    def population(self) -> Path | None: ...
+    @property
     def read_noise(self) -> float: ...
     @property
     def stuck_fraction(self) -> float: ...
@@ -58,6 +60,7 @@ def make_backend(settings: BackendConfig) -> Backend:
             sim.cols,
             seed=sim.seed,
             variability=sim.variability,
+            population=sim.population,
             read_noise=sim.read_noise,
             stuck_fraction=sim.stuck_fraction,
             limits=settings.limits.to_limits(),

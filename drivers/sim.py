@@ -66,6 +66,7 @@ class SimBackend(Backend):
         *,
         seed: int = 0,
         variability: str = "realistic",
+        population: str | Path | None = None,
         read_noise: float = 0.0,
         stuck_fraction: float = 0.0,
         limits: Limits | None = None,
@@ -90,6 +91,7 @@ class SimBackend(Backend):
                 cols,
                 seed=seed,
                 variability=variability,
+                population=population,
                 read_noise=read_noise,
                 stuck_fraction=stuck_fraction,
             )
@@ -98,6 +100,7 @@ class SimBackend(Backend):
         details = {
             "seed": crossbar.seed,
             "variability": preset_name(crossbar.variability) or repr(crossbar.variability),
+            "population": crossbar.population.name,
             "read_noise": crossbar.read_noise,
             "stuck_fraction": crossbar.stuck_fraction,
             "origin": origin,

@@ -22,15 +22,13 @@ from predictor.evaluate import (
     _policy,
     _service_planner,
     blind_bound,
-    draw_task,
     fresh_array,
     one_shot,
+    one_shot_known,
     run_strategies,
-    write_verify,
     wv_summary,
 )
 from predictor.runtime import DEFAULT_MODEL, PulsePredictor
-from sim_backend.jart import N_HI, N_LO, state_for_conductance
 
 
 def time_inference(predictor: PulsePredictor, batch: int = 65536, repeats: int = 5) -> dict:
@@ -101,23 +99,8 @@ def run_benchmark(
     shots["noise_free_baseline"] = one_shot(xb, r, c, target, NominalInversePlanner(target))
     # Calibrated: first write every device to its start state with the predictor, keep the
     # latents it learnt, then one shot to the target.
-    xb, r, c, target = fresh_array(sc)
-    g_start_goal = np.clip(xb.conductance_map().ravel(), 100e-6, 550e-6)
-    g_prev, _ = draw_task(Scenario(rows=sc.rows, cols=sc.cols, seed=sc.seed,
-                                   sample_seed=sc.sample_seed + 1))
-    close = np.abs(g_prev - g_start_goal) < sc.min_update * g_start_goal
-    g_prev = np.where(close, np.where(g_start_goal < 300e-6, g_start_goal * 1.3,
-                                      g_start_goal / 1.3), g_prev)
-    xb.state = np.clip(state_for_conductance(g_prev), N_LO, N_HI).reshape(xb.shape)
-    warm = _policy(predictor, g_start_goal)
-    warmed = write_verify(xb, r, c, g_start_goal, warm, sc.tolerance, sc.max_pulses)
-    warm.observe(np.arange(sc.n), warmed.g_read)  # the last pulse of each device, too
-    g_now = xb.conductance_map().ravel()
-    target_c = np.where(np.abs(target - g_now) < sc.min_update * target,
-                        np.where(g_now < 300e-6, np.minimum(g_now * 1.3, 550e-6),
-                                 np.maximum(g_now / 1.3, 100e-6)), target)
-    shots["predictor_calibrated"] = one_shot(xb, r, c, target_c, _policy(
-        predictor, target_c, latent=warm.latent, config=PolicyConfig(first_latent=None)))
+    g0, g1, target_c, with_latent = one_shot_known(sc, predictor)
+    shots["predictor_calibrated"] = (g0, g1)
     targets = {"predictor": target, "noise_free_baseline": target,
                "predictor_calibrated": target_c}
     report["one_shot"] = {
@@ -129,8 +112,7 @@ def run_benchmark(
         "start states written by the predictor first (write-and-verify to 2 % from another "
         "random state); the one shot uses the latent inferred from each device's last pulse "
         "(the model's one-shot prior where that write needed no pulse)")
-    report["one_shot"]["predictor_calibrated"]["devices_with_latent"] = float(
-        np.isfinite(warm.latent).mean())
+    report["one_shot"]["predictor_calibrated"]["devices_with_latent"] = with_latent
     for name, s in report["one_shot"].items():
         log(f"  {name:>22}: within ±50 % of the update {s['within_update']['50%'] * 100:.1f} %, "
             f"±20 % {s['within_update']['20%'] * 100:.1f} %; of the target ±10 % "

@@ -17,6 +17,16 @@ def train_command(args: argparse.Namespace) -> int:
             f"memprog train needs the training extra (pip install 'memprog[train]'): {exc}"
         ) from exc
 
+    if getattr(args, "finetune", False):
+        if not args.parent or not args.data:
+            raise SystemExit("memprog train --finetune needs --from MODEL and --data EXPORT")
+        from predictor.finetune import FinetuneConfig, finetune
+
+        fcfg = FinetuneConfig(epochs=args.epochs) if args.epochs is not None \
+            else FinetuneConfig()
+        meta = finetune(args.parent, args.data, args.out, fcfg, version=args.version)
+        print(json.dumps(meta["lineage"]["held_out"], indent=2))
+        return 0
     cfg = train.TrainConfig()
     if args.quick:
         cfg = train.quick_config()

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from predictor.fit_monitor import FitMonitor
 from predictor.runtime import PulsePredictor
 
 
@@ -49,6 +50,11 @@ class PolicyConfig:
     """How far (in z) beyond a bound the latent is moved when a pulse only gave a bound."""
     margin: float = 0.0
     """The device is assumed this much faster (in z) than inferred ..."""
+    escalation: float = 0.5
+    """decades: how much longer (shorter) the next pulse of a device already assumed the
+    slowest (fastest) the model knows is made when its pulse again barely moved it (ran it
+    into the window end) — a device the model cannot express is not sent the same useless
+    pulse twice."""
     margin_per_move: float = 0.0
     """... plus this much per unit |ln(G_after / G_before)| of its last pulse (a large move
     changes the device most, cycle to cycle; a faster assumption turns errors into
@@ -69,6 +75,7 @@ class PredictorPlanner:
         width_min: float = 1e-9,
         width_max: float = 0.1,
         config: PolicyConfig = PolicyConfig(),
+        monitor: FitMonitor | None = None,
     ):
         self.predictor = predictor
         self.target = np.asarray(target, dtype=float).ravel()
@@ -85,6 +92,9 @@ class PredictorPlanner:
         self.last_move = np.zeros(n)  # |ln(G_after / G_before)| of the last pulse
         self.pending = np.zeros(n, dtype=bool)  # pulsed, outcome not yet observed
         self.pulses = np.zeros(n, dtype=np.int64)
+        # decades the device needs beyond what its latent can say (0 within the model's range)
+        self.offset = np.zeros(n)
+        self.monitor = monitor
 
     def choose(self, idx: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         idx = np.asarray(idx, dtype=np.intp)
@@ -101,7 +111,8 @@ class PredictorPlanner:
         aim = g_now + frac * (self.target[idx] - g_now)
         aim = np.clip(aim, lo * (1 + 1e-3), hi * (1 - 1e-3))
         voltage, width = self.predictor.choose_pulse(
-            g_now, aim, z, width_floor=cfg.width_floor, check="window", **self.limits
+            g_now, aim, z, width_floor=cfg.width_floor, check="window",
+            offset=self.offset[idx], **self.limits
         )
         self.last_g[idx] = g
         self.last_v[idx] = voltage
@@ -130,13 +141,16 @@ class PredictorPlanner:
             return
         self.pending[idx[had]] = False
         cells = idx[had]
-        z, kind = self.predictor.infer_latent(
+        z, kind, residual = self.predictor.infer(
             self.last_g[cells], g[had], self.last_v[cells], self.last_w[cells]
         )
+        if self.monitor is not None:
+            self.monitor.observe(self.predictor, z, kind, residual)
         self.last_move[cells] = np.abs(np.log(np.maximum(g[had], 1e-12)
                                               / np.maximum(self.last_g[cells], 1e-12)))
         old = self.latent[cells]
         step = self.cfg.bound_step
+        lo, hi = self.predictor.latent_range
         # Lower bound (barely moved): at least this slow, and slower than assumed before.
         lower = np.fmax(z, np.where(np.isfinite(old), old + step, z))
         # Upper bound (ran into the window end): at least this fast.
@@ -145,7 +159,21 @@ class PredictorPlanner:
         # one stuck or read at the wrong voltage) would otherwise grow without end and be
         # remembered for the cell's next run.
         self.latent[cells] = np.clip(np.where(kind == 0, z, np.where(kind == 1, lower, upper)),
-                                     *self.predictor.latent_range)
+                                     lo, hi)
+        # Beyond the range: what the latent cannot say goes into the cell's offset. An estimate
+        # at a bound leaves its residual there; a bound observed when the latent was already at
+        # that end escalates (a device slower than z = +1 that barely moved, or one faster than
+        # z = -1 that ran into the window end, must not get the same pulse again).
+        eps = 1e-3 * (hi - lo)
+        at_bound = (z <= lo + eps) | (z >= hi - eps)
+        offset = self.offset[cells]
+        esc = self.cfg.escalation
+        was_slowest = np.isfinite(old) & (old >= hi - eps)
+        was_fastest = np.isfinite(old) & (old <= lo + eps)
+        self.offset[cells] = np.where(
+            kind == 0, np.where(at_bound, residual, 0.0),
+            np.where(kind == 1, np.where(was_slowest, np.maximum(offset, 0.0) + esc, offset),
+                     np.where(was_fastest, np.minimum(offset, 0.0) - esc, offset)))
 
 
 def _check_targets(predictor: PulsePredictor, target: np.ndarray) -> None:

@@ -9,19 +9,16 @@ sources produce the same :class:`Records`:
   one pulse of random polarity, random amplitude from the model's range and a width drawn
   log-uniformly over the range that matters for that amplitude and that device, and reads the
   result. Everything is vectorised over the array (one ``Crossbar.pulse`` call per round).
-- :func:`load_export` reads the service's ``/export`` (CSV or JSON lines of operations, or the
-  SQLite database itself) and pairs every pulse with the reads just before and after it on the
-  same cell, so the same pipeline can fine-tune on measured devices.
+- :func:`predictor.log_records.load_export` reads the service's ``/export`` (CSV or JSON lines
+  of operations, or the SQLite database itself) and pairs every pulse with the reads just before
+  and after it on the same cell, so the same pipeline can fine-tune on measured devices.
 
 No torch here: the runtime never needs it, and neither does this module.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -247,135 +244,3 @@ def _interp2(table: np.ndarray, xs: np.ndarray, ys: np.ndarray, x: np.ndarray, y
         + table[i, j + 1] * (1 - tx) * ty
         + table[i + 1, j + 1] * tx * ty
     )
-
-
-# ---------------------------------------------------------------------- the service's export
-
-EXPORT_COLUMNS = ("id", "time", "kind", "row", "col", "voltage", "width", "conductance")
-
-
-def load_export(source: str | Path | bytes, *, device_offset: int = 0) -> Records:
-    """Pulse records from the service's operation log.
-
-    ``source`` is a path to the SQLite database, to an export in CSV (a header naming at least
-    ``kind,row,col,voltage,width,conductance``; ``id`` or ``time`` order it if present) or JSON
-    lines (one object per operation, same keys), or the export's bytes. A pulse becomes a record
-    when the same cell was read before it (after any earlier pulse) and read again right after
-    it; pulses without both reads are skipped, and so are reads whose current compliance
-    tripped (``compliance`` = 1: the reading was clipped). ``latent`` is NaN (unknown) and
-    ``saturated`` False: measured devices say nothing about either. Device ids are
-    ``row * 65536 + col + device_offset``.
-    """
-    ops = _read_operations(source)
-    if ops["kind"].size == 0:
-        return _empty_records()
-    order = np.lexsort((ops["order"],))
-    kind = ops["kind"][order]
-    row = ops["row"][order]
-    col = ops["col"][order]
-    voltage = ops["voltage"][order]
-    width = ops["width"][order]
-    g = ops["conductance"][order]
-    cell = row.astype(np.int64) * 65536 + col.astype(np.int64)
-    # Stable sort by cell keeps the execution order within each cell.
-    by_cell = np.argsort(cell, kind="stable")
-    cell, kind, voltage, width, g = cell[by_cell], kind[by_cell], voltage[by_cell], \
-        width[by_cell], g[by_cell]
-    is_pulse = kind == "pulse"
-    # A pulse at position i is usable when i-1 and i+1 are reads of the same cell.
-    i = np.flatnonzero(is_pulse)
-    i = i[(i > 0) & (i < kind.size - 1)]
-    ok = (
-        (kind[i - 1] == "read") & (kind[i + 1] == "read")
-        & (cell[i - 1] == cell[i]) & (cell[i + 1] == cell[i])
-        & np.isfinite(g[i - 1]) & np.isfinite(g[i + 1]) & (width[i] > 0)
-    )
-    i = i[ok]
-    return Records(
-        g_before=g[i - 1].astype(float),
-        voltage=voltage[i].astype(float),
-        width=width[i].astype(float),
-        g_after=g[i + 1].astype(float),
-        latent=np.full(i.size, np.nan),
-        device=cell[i] + device_offset,
-        saturated=np.zeros(i.size, dtype=bool),
-        info={"source": "export", "pulses_in_log": int(is_pulse.sum())},
-    )
-
-
-def _empty_records() -> Records:
-    e = np.zeros(0)
-    return Records(e, e, e, e, e, np.zeros(0, np.int64), np.zeros(0, bool),
-                   info={"source": "export", "pulses_in_log": 0})
-
-
-def _read_operations(source: str | Path | bytes) -> dict[str, np.ndarray]:
-    if isinstance(source, (str, Path)) and Path(source).is_file():
-        path = Path(source)
-        with open(path, "rb") as fh:
-            head = fh.read(16)
-        if head.startswith(b"SQLite format 3"):
-            return _from_sqlite(path)
-        text = path.read_text()
-    elif isinstance(source, bytes):
-        text = source.decode()
-    else:
-        raise FileNotFoundError(f"export {source!s} does not exist")
-    stripped = text.lstrip()
-    if stripped.startswith("{") or stripped.startswith("["):
-        if stripped.startswith("["):
-            rows = json.loads(stripped)
-        else:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    else:
-        rows = list(csv.DictReader(io.StringIO(text)))
-    return _columns(rows)
-
-
-def _from_sqlite(path: Path) -> dict[str, np.ndarray]:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        names = {r[1] for r in conn.execute("PRAGMA table_info(operations)")}
-        compliance = "compliance" if "compliance" in names else "NULL"
-        cur = conn.execute(
-            "SELECT id, kind, row, col, voltage, width, conductance, "
-            f"{compliance} FROM operations ORDER BY id"
-        )
-        rows = [
-            {"id": r[0], "kind": r[1], "row": r[2], "col": r[3], "voltage": r[4], "width": r[5],
-             "conductance": r[6], "compliance": r[7]}
-            for r in cur
-        ]
-    finally:
-        conn.close()
-    return _columns(rows)
-
-
-def _num(value) -> float:
-    if value is None or value == "":
-        return np.nan
-    return float(value)
-
-
-def _columns(rows: list[dict]) -> dict[str, np.ndarray]:
-    missing = {"kind", "row", "col", "voltage", "width", "conductance"} - set(rows[0]) if rows \
-        else set()
-    if missing:
-        raise ValueError(f"export: missing columns {sorted(missing)}")
-    order_key = "id" if rows and "id" in rows[0] else ("time" if rows and "time" in rows[0]
-                                                       else None)
-    conductance = np.array([_num(r["conductance"]) for r in rows], dtype=float)
-    # A read whose current compliance tripped was clipped: not a measurement to learn from.
-    tripped = np.array([str(r.get("compliance") or "").strip().lower() in ("1", "true")
-                        for r in rows], dtype=bool)
-    conductance[tripped] = np.nan
-    return {
-        "order": np.array([_num(r[order_key]) if order_key else k for k, r in enumerate(rows)],
-                          dtype=float),
-        "kind": np.array([str(r["kind"]) for r in rows], dtype=object),
-        "row": np.array([int(r["row"]) for r in rows], dtype=np.int64),
-        "col": np.array([int(r["col"]) for r in rows], dtype=np.int64),
-        "voltage": np.array([_num(r["voltage"]) for r in rows], dtype=float),
-        "width": np.array([_num(r["width"]) for r in rows], dtype=float),
-        "conductance": conductance,
-    }

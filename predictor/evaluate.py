@@ -32,7 +32,7 @@ service's ``ispp`` and ``fixed`` strategies, on the same devices. Device time = 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +68,8 @@ class Scenario:
     min_update: float = 0.05
     read_time: float = 1e-6
     sample_seed: int = 0
+    population: str | None = None
+    """Device population file (sim_backend.population); None: the training population."""
 
     @property
     def n(self) -> int:
@@ -80,7 +82,7 @@ class Scenario:
 def fresh_array(sc: Scenario) -> tuple[Crossbar, np.ndarray, np.ndarray, np.ndarray]:
     """(crossbar, rows, cols, N_start, target): the same devices and task on every call."""
     xb = Crossbar(sc.rows, sc.cols, seed=sc.seed, variability="realistic",
-                  read_noise=sc.read_noise)
+                  read_noise=sc.read_noise, population=sc.population)
     rows, cols = np.divmod(np.arange(sc.n), sc.cols)
     for _ in range(sc.burn_in):
         xb.pulse(rows, cols, -0.6, 1e-6)
@@ -165,6 +167,34 @@ def _run_loop(xb: Crossbar, rows, cols, target, planner, tolerance: float, max_p
 def _truth(xb: Crossbar, rows, cols) -> np.ndarray:
     """The simulator's noise-free conductance (S) of the cells."""
     return xb.conductance_map().ravel()[np.asarray(rows) * xb.cols + np.asarray(cols)]
+
+
+def one_shot_known(sc: Scenario, predictor: PulsePredictor
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """One shot on devices the predictor knows: every device first written (write-and-verify)
+    from another state to its start state by the predictor, which so learns each device's
+    latent from its last pulses; then one pulse per device to its target with that latent.
+    (G_start, G_reached, target, share of devices with a latent), noise-free truth; targets
+    closer than ``min_update`` to the start are moved away as in :func:`draw_task`."""
+    xb, r, c, target = fresh_array(sc)
+    g_start_goal = np.clip(xb.conductance_map().ravel(), 100e-6, 550e-6)
+    g_prev, _ = draw_task(replace(sc, sample_seed=sc.sample_seed + 1))
+    close = np.abs(g_prev - g_start_goal) < sc.min_update * g_start_goal
+    g_prev = np.where(close, np.where(g_start_goal < 300e-6, g_start_goal * 1.3,
+                                      g_start_goal / 1.3), g_prev)
+    xb.state = np.clip(state_for_conductance(g_prev), N_LO, N_HI).reshape(xb.shape)
+    warm = _policy(predictor, g_start_goal)
+    warmed = write_verify(xb, r, c, g_start_goal, warm, sc.tolerance, sc.max_pulses)
+    warm.observe(np.arange(sc.n), warmed.g_read)  # the last pulse of each device, too
+    g_now = xb.conductance_map().ravel()
+    target_c = np.where(np.abs(target - g_now) < sc.min_update * target,
+                        np.where(g_now < 300e-6, np.minimum(g_now * 1.3, 550e-6),
+                                 np.maximum(g_now / 1.3, 100e-6)), target)
+    planner = _policy(predictor, target_c, latent=warm.latent,
+                      config=PolicyConfig(first_latent=None))
+    planner.offset[:] = warm.offset  # what the latent cannot say, learned too
+    g0, g1 = one_shot(xb, r, c, target_c, planner)
+    return g0, g1, target_c, float(np.isfinite(warm.latent).mean())
 
 
 # ----------------------------------------------------------------- the noise-free baseline

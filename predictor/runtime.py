@@ -33,83 +33,23 @@ the model it started with and the service never restarts to change the model.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import threading
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default.onnx"
-METADATA_KEY = "memprog"
+from predictor.adapted import Correction
+from predictor.model_file import (
+    DEFAULT_MODEL,
+    LoadedModel,
+    OutOfRangeError,
+    load_model,
+    read_metadata,
+)
 
-
-class OutOfRangeError(ValueError):
-    """A query outside the range the model was trained on (it would extrapolate)."""
-
-
-@dataclass(frozen=True)
-class _Loaded:
-    session: ort.InferenceSession
-    metadata: dict
-    path: Path
-    set_voltages: np.ndarray  # negative, V
-    reset_voltages: np.ndarray  # positive, V
-    target_range: tuple[float, float]
-    window: tuple[float, float]
-    set_range: tuple[float, float]  # trained |V| range of SET
-    reset_range: tuple[float, float]
-    latent_range: tuple[float, float]
-    min_relative_update: float
-    digest: str  # SHA-256 of the model file, hex
-
-
-def _session(path: Path, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def read_metadata(path: str | Path) -> dict:
-    """The ``memprog`` metadata of a model file (without building a full predictor)."""
-    session = _session(Path(path), 1)
-    return _metadata(session, Path(path))
-
-
-def _metadata(session: ort.InferenceSession, path: Path) -> dict:
-    props = session.get_modelmeta().custom_metadata_map
-    if METADATA_KEY not in props:
-        raise ValueError(f"{path}: not a memprog pulse-predictor model (no '{METADATA_KEY}' "
-                         "metadata)")
-    return json.loads(props[METADATA_KEY])
-
-
-def _load(path: Path, threads: int) -> _Loaded:
-    session = _session(path, threads)
-    meta = _metadata(session, path)
-    names = {i.name for i in session.get_inputs()}
-    if names != {"set_query", "reset_query"}:
-        raise ValueError(f"{path}: unexpected inputs {sorted(names)}")
-    volts = meta["voltages"]
-    cr = meta["conductance_range"]
-    return _Loaded(
-        session=session,
-        metadata=meta,
-        path=path,
-        set_voltages=np.array(sorted(volts["set"], key=abs), dtype=float),
-        reset_voltages=np.array(sorted(volts["reset"]), dtype=float),
-        target_range=(float(cr["target_min"]), float(cr["target_max"])),
-        window=(float(cr["window_min"]), float(cr["window_max"])),
-        set_range=tuple(sorted(abs(v) for v in volts["set_trained_range"])),
-        reset_range=tuple(sorted(volts["reset_trained_range"])),
-        latent_range=tuple(meta["latent"]["range"]),
-        min_relative_update=float(meta["features"]["constants"]["min_relative_update"]),
-        digest=hashlib.sha256(path.read_bytes()).hexdigest(),
-    )
+__all__ = ["DEFAULT_MODEL", "OutOfRangeError", "PulsePredictor", "load_default",
+           "read_metadata"]
 
 
 class PulsePredictor:
@@ -118,7 +58,7 @@ class PulsePredictor:
     def __init__(self, path: str | Path = DEFAULT_MODEL, *, threads: int = 1):
         self._threads = int(threads)
         self._lock = threading.Lock()
-        self._m = _load(Path(path), self._threads)
+        self._m = load_model(Path(path), self._threads)
 
     # ------------------------------------------------------------------------------ identity
     @property
@@ -187,13 +127,32 @@ class PulsePredictor:
             "target_range_S": list(m.target_range),
         }
 
+    @property
+    def network_path(self) -> Path:
+        """The ONNX network this model runs (an adapted model's network, else its own file)."""
+        adapted = self._m.metadata.get("adapted")
+        return Path(adapted["network"]) if adapted else self._m.path
+
+    @property
+    def correction(self) -> Correction:
+        """An adapted model's correction of the network's log10 width (zero for a network)."""
+        return self._m.correction
+
+    def with_correction(self, correction: Correction) -> PulsePredictor:
+        """The same network under another correction (a view for fitting one; the model file
+        and its fingerprint stay this model's)."""
+        view = object.__new__(PulsePredictor)
+        view._threads, view._lock = self._threads, threading.Lock()
+        view._m = replace(self._m, correction=correction)
+        return view
+
     def reload(self, path: str | Path | None = None) -> dict:
         """Load ``path`` (default: the current file again) and swap it in atomically.
 
         A model that fails to load leaves the current one in place (the error propagates).
         """
         with self._lock:
-            new = _load(Path(path) if path is not None else self._m.path, self._threads)
+            new = load_model(Path(path) if path is not None else self._m.path, self._threads)
             self._m = new
         return self.describe()
 
@@ -214,7 +173,7 @@ class PulsePredictor:
         """
         return self._predict(self._m, g_start, g_target, voltage, latent, check)
 
-    def _predict(self, m: _Loaded, g_start, g_target, voltage, latent, check) -> np.ndarray:
+    def _predict(self, m: LoadedModel, g_start, g_target, voltage, latent, check) -> np.ndarray:
         """:meth:`predict_log10_width` on the model snapshot ``m`` (one snapshot per public
         call: a reload in between never mixes two models)."""
         g_s, g_t, v, z = (np.asarray(a, dtype=float) for a in
@@ -231,7 +190,7 @@ class PulsePredictor:
         return 10.0 ** self.predict_log10_width(g_start, g_target, voltage, latent, check=check)
 
     @staticmethod
-    def _check(m: _Loaded, g_s, g_t, v, z, check) -> None:
+    def _check(m: LoadedModel, g_s, g_t, v, z, check) -> None:
         for name, a in (("g_start", g_s), ("g_target", g_t), ("voltage", v), ("latent", z)):
             if not np.all(np.isfinite(a)):
                 raise ValueError(f"{name}: must be finite")
@@ -263,7 +222,7 @@ class PulsePredictor:
                              "a query asks for the opposite")
 
     @staticmethod
-    def _run(m: _Loaded, g_s, g_t, v, z) -> np.ndarray:
+    def _run(m: LoadedModel, g_s, g_t, v, z) -> np.ndarray:
         q = np.stack([g_s, g_t, v, z], axis=1).astype(np.float32)
         is_set = v < 0
         out = np.empty(g_s.size, dtype=float)
@@ -272,6 +231,8 @@ class PulsePredictor:
         )
         out[is_set] = set_out[:, 0]
         out[~is_set] = reset_out[:, 0]
+        if not m.correction.is_zero:  # an adapted model (predictor.adapted)
+            out += m.correction(v)
         return out
 
     # ------------------------------------------------------------------------- pulse choice
@@ -287,6 +248,7 @@ class PulsePredictor:
         width_max: float = 0.1,
         width_floor: float = 3e-9,
         check: bool | str = True,
+        offset=0.0,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(voltage V, width s) per cell that moves ``g_now`` to ``g_target``.
 
@@ -295,10 +257,14 @@ class PulsePredictor:
         the smallest allowed |V|); the width is then clamped to [width_min, width_max] and to
         the model's width range. Raises :class:`OutOfRangeError` if the limits leave no
         amplitude of a needed polarity.
+
+        ``offset`` (decades, per cell): added to every predicted log10 width before the choice —
+        what a device beyond the model's latent range needs more (> 0, slower than z = +1 says)
+        or less (< 0, faster than z = −1), as measured by :meth:`infer`.
         """
         m = self._m
-        g_now, g_target, latent = (np.asarray(a, dtype=float).ravel() for a in
-                                   np.broadcast_arrays(g_now, g_target, latent))
+        g_now, g_target, latent, offset = (np.asarray(a, dtype=float).ravel() for a in
+                                           np.broadcast_arrays(g_now, g_target, latent, offset))
         n = g_now.size
         g_start = np.clip(g_now, m.window[0], m.window[1])
         is_set = g_target >= g_start
@@ -327,7 +293,7 @@ class PulsePredictor:
             log_w = self._predict(
                 m, np.repeat(g_start[idx], k), np.repeat(g_target[idx], k),
                 np.tile(cands, idx.size), np.repeat(latent[idx], k), check,
-            ).reshape(idx.size, k)
+            ).reshape(idx.size, k) + offset[idx, None]
             ok = log_w >= floor
             # Largest |V| with an acceptable width; if none, the gentlest amplitude.
             pick = np.where(ok.any(axis=1), k - 1 - np.argmax(ok[:, ::-1], axis=1), 0)
@@ -350,7 +316,30 @@ class PulsePredictor:
     ) -> tuple[np.ndarray, np.ndarray]:
         """(z, kind) of devices from one pulse each: ``kind`` 0 = estimate, 1 = lower bound
         (the device moved less than ``min_relative_change``: it is at least this slow), 2 =
-        upper bound (it reached the end of the window: at least this fast).
+        upper bound (it reached the end of the window: at least this fast). See :meth:`infer`.
+        """
+        z, kind, _ = self.infer(g_before, g_after, voltage, width, iterations=iterations,
+                                min_relative_change=min_relative_change)
+        return z, kind
+
+    def infer(
+        self,
+        g_before,
+        g_after,
+        voltage,
+        width,
+        *,
+        iterations: int = 18,
+        min_relative_change: float | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(z, kind, residual) of devices from one pulse each.
+
+        z: the latent for which the model's width for the observed change equals the width
+        applied (bisection through the network; a slower device needs a longer pulse), within
+        the trained range; kind as :meth:`infer_latent`. ``residual``: log10(width applied) −
+        log10(width the model predicts for the observed change at z), decades — about 0 when
+        z explains the pulse; > 0 when the device is slower than the slowest latent says, < 0
+        when faster than the fastest (a device the model cannot express: another population).
         """
         m = self._m
         g_b, g_a, v, w = (np.asarray(a, dtype=float).ravel() for a in
@@ -380,7 +369,9 @@ class PulsePredictor:
             z_lo = np.where(slower, mid, z_lo)
             z_hi = np.where(slower, z_hi, mid)
         kind = np.where(small, 1, np.where(saturated, 2, 0))
-        return 0.5 * (z_lo + z_hi), kind
+        z = 0.5 * (z_lo + z_hi)
+        residual = target - self._run(m, g_b, g_obs, v, z) if g_b.size else np.zeros(0)
+        return z, kind, residual
 
     def device_latents(self, records) -> np.ndarray:
         """Per record, the median latent inferred from all informative pulses of its device

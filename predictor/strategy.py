@@ -21,6 +21,7 @@ import numpy as np
 
 from drivers.base import Limits
 from predictor.control import PolicyConfig, PredictorPlanner
+from predictor.fit_monitor import FitMonitor
 from predictor.runtime import DEFAULT_MODEL, PulsePredictor
 from programming.errors import InvalidRequest
 from programming.strategies import Planner, Strategy, register_strategy, set_default_strategy
@@ -34,6 +35,9 @@ class PredictorUnavailable(RuntimeError):
 
 _lock = threading.Lock()
 _state: dict = {"predictor": None, "path": None, "error": None}
+
+MONITOR = FitMonitor()
+"""How well each model fits the devices it programs (fed by every pulse of the strategy)."""
 
 
 def startup(path: str | Path | None = None) -> dict:
@@ -76,14 +80,19 @@ def status() -> dict:
             "fallback_strategy": FALLBACK_STRATEGY,
         }
     meta = p.metadata
+    adapted = meta.get("adapted")
     return {
         "status": "loaded",
         "name": p.name,
         "version": p.version,
         "path": str(p.path),
+        "fingerprint": p.fingerprint,
         "voltages": meta["voltages"]["set"] + meta["voltages"]["reset"],
         "target_range": [meta["conductance_range"]["target_min"],
                          meta["conductance_range"]["target_max"]],
+        "adapted": adapted is not None,
+        "parent": adapted["lineage"]["parent_fingerprint"] if adapted else None,
+        "fit": MONITOR.report(p.fingerprint),
     }
 
 
@@ -170,6 +179,7 @@ class PredictorStrategy(Strategy):
                 width_min=limits.width_min,
                 width_max=limits.width_max,
                 config=config,
+                monitor=MONITOR,
             )
         )
 

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from predictor import features as F
-from predictor.dataset import Records, SimulationConfig, load_export, simulate
+from predictor.dataset import Records, SimulationConfig, simulate
+from predictor.log_records import load_export
 
 TRAIN_SEEDS = (101, 102, 103, 104)
 VAL_SEEDS = (201,)

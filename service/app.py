@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import Depends, FastAPI
 
@@ -17,13 +18,16 @@ from service import errors
 from service import metrics as metrics_module
 from service.auth import AuthMiddleware, AuthState, require, require_by_method
 from service.body_limit import BodyLimitMiddleware, default_max_body_bytes
+from service.calibrations import CalibrationManager
 from service.config import Settings, load_settings
 from service.jobs import JobManager
 from service.metrics import LatencyMiddleware, MeteredStorage, Metrics
 from service.owner import BackendOwner
+from service.predictor_models import ModelRegistry
 from service.routers import (
     array,
     array_map,
+    calibrations,
     dashboard,
     emergency,
     health,
@@ -78,20 +82,23 @@ def create_app(
         )
         app.state.memprog = ServiceState(settings=settings, owner=owner)
         app.state.jobs = JobManager(owner, asyncio.get_running_loop())
+        app.state.calibrations = CalibrationManager(app.state.jobs, models, app.state.memprog)
         metrics.watch(
             queue_depth=lambda: owner.queued,
             jobs=owner.storage.count_jobs,
             backend_up=lambda: owner.info is not None and owner.unavailable is None,
             log_up=lambda: owner.storage.check() is None,
             journal_records=lambda: owner.storage.journal_records,
+            predictor_fit=lambda: predictor_strategy.status().get("fit"),
         )
         cache = app.state.auth.cache
         await asyncio.get_running_loop().run_in_executor(None, cache.load)
         tasks = [asyncio.create_task(cache.keep_fresh()),
                  asyncio.create_task(_watch_log(owner))]
-        # The pulse predictor: a model that cannot be loaded is reported by /health, and
-        # /program's default strategy falls back to ispp; the service starts regardless.
-        app.state.memprog.predictor = predictor_strategy.startup(settings.predictor.path)
+        # The pulse predictor: the station's active model (service.predictor_models), else the
+        # configured one. A model that cannot be loaded is reported by /health, and /program's
+        # default strategy falls back to ispp; the service starts regardless.
+        app.state.memprog.predictor = await asyncio.to_thread(models.startup)
         try:
             yield
         finally:
@@ -113,6 +120,11 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.metrics = metrics
+    models = ModelRegistry(
+        settings.predictor.models_dir or Path(settings.database).parent / "models",
+        settings.predictor.path,
+    )
+    app.state.models = models
     app.state.auth = AuthState(enabled=settings.auth.enabled, keys=KeyStore(settings.database))
     # Outermost last: the latency of every answer, then the key (from the headers, before any
     # body is read), then the body's size.
@@ -133,6 +145,7 @@ def create_app(
         program: [Depends(require("program"))],
         predictor_router: [Depends(require_by_method({"GET": "read", "POST": "admin"}))],
         jobs: [],
+        calibrations: [],
         emergency: [],
     }
     for module, dependencies in scopes.items():

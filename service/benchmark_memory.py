@@ -40,8 +40,12 @@ def _targets(cells: np.ndarray, g: np.ndarray) -> list[dict]:
 def run_scenario(
     *, remember: bool, rows: int, cols: int, seed: int, rounds: int, read_noise: float,
     tolerance: float = 0.02, task_seed: int = 5, burn_in: int = 4,
+    population: str | None = None, calibrate: bool = False, calibration: dict | None = None,
 ) -> list[dict]:
-    """One scenario (see the module docstring); a dict of figures per round."""
+    """One scenario (see the module docstring); a dict of figures per round. ``population``: a
+    device population file for the array; ``calibrate``: after the burn-in, calibrate the
+    predictor through ``POST /calibrations`` (5 % of the cells, at most 205, 20 pulses each,
+    ``activate: if_better``) — its record goes into ``calibration``."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
         from fastapi.testclient import TestClient
@@ -55,7 +59,8 @@ def run_scenario(
             backend="sim",
             database=Path(tmp) / "memory-benchmark.db",
             sim={"rows": rows, "cols": cols, "seed": seed, "variability": "realistic",
-                 "read_noise": read_noise},
+                 "read_noise": read_noise, "population": population},
+            predictor={"models_dir": Path(tmp) / "models"},
         )
         with TestClient(create_app(settings)) as api:
             every = [[int(r), int(c)] for r, c in cells.tolist()]
@@ -63,6 +68,10 @@ def run_scenario(
                 for voltage, width in ((-0.6, 1e-6), (1.2, 1e-5)):
                     api.post("/api/v1/pulse", json={"cells": every, "voltage": voltage,
                                                     "width": width}).raise_for_status()
+            if calibrate:
+                done = _calibrate(api, min(205, max(1, round(0.05 * len(cells)))))
+                if calibration is not None:
+                    calibration.update(done)
             for _ in range(rounds):
                 g1 = rng.uniform(*TARGET_RANGE, len(cells))
                 run = api.post("/api/v1/program", json={
@@ -95,14 +104,30 @@ def run_scenario(
     return figures
 
 
+def _calibrate(api, cells: int) -> dict:
+    started = time.perf_counter()
+    cal = api.post("/api/v1/calibrations", json={"cells": cells, "pulses_per_cell": 20,
+                                                 "activate": "if_better"}).json()
+    deadline = time.monotonic() + 600
+    while (cal := api.get(f"/api/v1/calibrations/{cal['id']}").json())["status"] in (
+            "pulsing", "fitting"):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the calibration did not end within 600 s")
+        time.sleep(0.05)
+    return {"status": cal["status"], "activated": cal["activated"], "cells": cal["cells"],
+            "held_out": (cal["report"] or {}).get("held_out"), "error": cal["error"],
+            "wall_s": round(time.perf_counter() - started, 2)}
+
+
 def run_memory_benchmark(
     *, rows: int = 32, cols: int = 32, seed: int = 7001, rounds: int = 3,
     read_noise: float = 0.0, burn_in: int = 4, report: str | None = None,
+    population: str | None = None, calibrate: bool = False,
 ) -> int:
     started = time.perf_counter()
     common: dict[str, Any] = dict(rows=rows, cols=cols, seed=seed, rounds=rounds,
-                                  read_noise=read_noise,
-                  burn_in=burn_in)
+                                  read_noise=read_noise, burn_in=burn_in, population=population)
+    calibration: dict = {}
     result: dict[str, Any] = {
         "scenario": {**common, "variability": "realistic", "targets_S": list(TARGET_RANGE),
                      "min_update": MIN_UPDATE,
@@ -112,11 +137,17 @@ def run_memory_benchmark(
         "blind": run_scenario(remember=False, **common),
         "memory": run_scenario(remember=True, **common),
     }
+    if calibrate:
+        result["calibrated"] = run_scenario(remember=True, calibrate=True,
+                                            calibration=calibration, **common)
+        result["calibration"] = calibration
     result["wall_time_s"] = round(time.perf_counter() - started, 1)
     print(f"device memory, {rows}x{cols} realistic array, seed {seed}, burn-in {burn_in} "
-          f"cycles, read noise {read_noise}")
+          f"cycles, read noise {read_noise}, population {population or 'training'}")
     print("round  one shot ±50 % of update (±20 %)  ±50 % of target   W&V pulses mean/median/p99")
-    for name in ("blind", "memory"):
+    if calibrate:
+        print(f"calibration: {calibration}")
+    for name in ("blind", "memory", "calibrated")[:3 if calibrate else 2]:
         for k, f in enumerate(result[name]):
             print(f"{name:6s} {k + 1}  {f['one_shot_within_50pct_update']:6.1%} "
                   f"({f['one_shot_within_20pct_update']:5.1%})              "

@@ -61,7 +61,16 @@ def _benchmark_memory(args: argparse.Namespace) -> int:
 
     return run_memory_benchmark(rows=args.rows, cols=args.cols, seed=args.seed,
                                 rounds=args.rounds, read_noise=args.read_noise,
-                                burn_in=args.burn_in, report=args.report)
+                                burn_in=args.burn_in, report=args.report,
+                                population=args.population, calibrate=args.calibrate)
+
+
+def _benchmark_foreign(args: argparse.Namespace) -> int:
+    from predictor.benchmark_foreign import run_benchmark
+
+    run_benchmark(args.out, args.population, rows=args.rows, cols=args.cols,
+                  plots=not args.no_plots)
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -149,6 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     prog.add_argument("--no-plots", action="store_true", help="JSON only")
     prog.set_defaults(func=_benchmark_programming)
 
+    foreign = bench_sub.add_parser(
+        "foreign", help="the predictor on device populations it was not trained on, before "
+        "and after calibration")
+    foreign.add_argument("--out", default="docs/benchmarks/foreign", help="report directory")
+    foreign.add_argument("--population", nargs="*", default=[],
+                         help="more population files (besides the shipped examples)")
+    foreign.add_argument("--rows", type=int, default=64)
+    foreign.add_argument("--cols", type=int, default=64)
+    foreign.add_argument("--no-plots", action="store_true", help="JSON and Markdown only")
+    foreign.set_defaults(func=_benchmark_foreign)
+
     memory = bench_sub.add_parser(
         "memory", help="device memory: one shot and write-and-verify with and without it"
     )
@@ -159,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     memory.add_argument("--read-noise", type=float, default=0.0, help="relative σ of reads")
     memory.add_argument("--burn-in", type=int, default=4, help="full SET/RESET cycles first")
     memory.add_argument("--report", default="reports/benchmark_memory.json", help="JSON report")
+    memory.add_argument("--population", default=None, help="device population file")
+    memory.add_argument("--calibrate", action="store_true",
+                        help="also: calibrate through POST /calibrations first, then the rounds")
     memory.set_defaults(func=_benchmark_memory)
 
     train = sub.add_parser("train", help="train, evaluate and export the pulse predictor")
@@ -171,11 +194,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--export-data", nargs="*", default=None, help="service /export files to add (measured)"
     )
+    train.add_argument("--finetune", action="store_true",
+                       help="fine-tune an existing model on a station's pulses (--from, --data)")
+    train.add_argument("--from", dest="parent", default=None,
+                       help="with --finetune: the model to start from (.onnx or adapted .json)")
+    train.add_argument("--data", default=None,
+                       help="with --finetune: the station's export (CSV, JSON lines) or database")
     train.set_defaults(func=_train)
 
     from service.keys_cli import add_parser as add_keys_parser
 
     add_keys_parser(sub)
+
+    from service.calibrate_cli import add_parser as add_calibrate_parser
+
+    add_calibrate_parser(sub)
 
     emulate = sub.add_parser(
         "emulate", help="serve the SCPI/TSP instrument emulators of a bench file on loopback"

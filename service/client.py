@@ -43,6 +43,7 @@ from service.models import (
     RunDetail,
     RunList,
 )
+from service.models_calibration import CALIBRATION_TERMINAL, CalibrationRecord, ModelList
 
 API = "/api/v1"
 
@@ -207,6 +208,45 @@ class MemprogClient:
             raise MemprogError(502, response.json())
         _raise_for(response)
         return EmergencyStopResponse.model_validate(response.json())
+
+    # --- the predictor: calibration and models ----------------------------------------------
+
+    def calibrate(self, cells: int | Sequence[Sequence[int]], *, pulses_per_cell: int = 20,
+                  activate: str = "if_better") -> CalibrationRecord:
+        """Start a calibration of the pulse predictor to this station's devices (answered at
+        once, status ``pulsing``): ``cells`` a count or [(row, col), ...]; ``activate``
+        ``if_better`` | ``always`` | ``never``."""
+        body = {"cells": cells if isinstance(cells, int) else [list(c) for c in cells],
+                "pulses_per_cell": pulses_per_cell, "activate": activate}
+        return CalibrationRecord.model_validate(self._post("/calibrations", body))
+
+    def calibration(self, calibration_id: int) -> CalibrationRecord:
+        return CalibrationRecord.model_validate(self._get(f"/calibrations/{calibration_id}"))
+
+    def abort_calibration(self, calibration_id: int) -> CalibrationRecord:
+        return CalibrationRecord.model_validate(
+            self._post(f"/calibrations/{calibration_id}/abort", None))
+
+    def wait_calibration(self, calibration_id: int, *, timeout: float | None = None,
+                         poll: float = 0.5) -> CalibrationRecord:
+        """Poll until the calibration has ended; its final record (TimeoutError after
+        ``timeout`` s)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            record = self.calibration(calibration_id)
+            if record.status in CALIBRATION_TERMINAL:
+                return record
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"calibration {calibration_id} still {record.status} "
+                                   f"after {timeout} s")
+            time.sleep(poll)
+
+    def models(self) -> ModelList:
+        return ModelList.model_validate(self._get("/predictor/models"))
+
+    def activate_model(self, model_id: str) -> dict:
+        """Make the model ``model_id`` (see :meth:`models`) the active one."""
+        return dict(self._post("/predictor/activate", {"model": model_id}))  # type: ignore[call-overload]
 
     # --- history ----------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -51,6 +51,14 @@ class SimSettings(BaseModel):
         description="ideal: nominal devices; d2d: device-to-device spread; realistic: D2D + "
         "cycle-to-cycle variation after every pulse.",
     )
+    population: Path | None = Field(
+        None,
+        description="Device population file (TOML: JART constants that differ from the "
+        "nominal ones, in SI units, and a [variability] recipe; examples in "
+        "sim_backend/populations/). Its [variability], if any, replaces `variability`. A file "
+        "with an unknown constant, a non-physical value or a wrong unit scale is refused at "
+        "start, naming the field. Default: the JART nominal devices.",
+    )
     read_noise: float = Field(0.0, ge=0.0, le=1.0, description="Relative σ of read noise.")
     stuck_fraction: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of stuck devices.")
     state_file: Path | None = Field(
@@ -58,6 +66,15 @@ class SimSettings(BaseModel):
         description="If set, the array is loaded from this .npz at start (when it exists) and "
         "saved to it at shutdown, so a simulated array survives a restart.",
     )
+
+    @field_validator("population")
+    @classmethod
+    def _population_loads(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            from sim_backend.population import Population
+
+            Population.load(path)  # ValueError naming the field of the file
+        return path
 
 
 class LimitsSettings(LimitsSchema):
@@ -148,6 +165,11 @@ class PredictorSettings(BaseModel):
         None,
         description="ONNX model of the pulse predictor; default: the model shipped in "
         "predictor/models/default.onnx. POST /api/v1/predictor/reload reads it again.",
+    )
+    models_dir: Path | None = Field(
+        None,
+        description="Where calibrations write adapted models and where the active model is "
+        "named (active.json); default: the directory 'models' beside the database.",
     )
 
 

@@ -27,12 +27,13 @@ import builtins
 import logging
 import threading
 import time
-from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from drivers.base import Backend
-from programming import ProgramJob, Progress, program_cells
+from programming import Planner, ProgramJob, Progress, program_cells
+from service.job_progress import Subscriber
 from service.models import JOB_TERMINAL, JobRecord, JobStatus
 from service.owner import BackendOwner, EmergencyStopped
 from service.recording import LogRecorder
@@ -42,10 +43,6 @@ log = logging.getLogger("memprog.jobs")
 
 TERMINAL = JOB_TERMINAL
 __all__ = ["TERMINAL", "JobManager", "JobRecord", "JobStatus", "job_record"]
-
-SUBSCRIBER_BACKLOG = 1000
-"""Progress events kept for a stream client that falls behind; beyond it the oldest are dropped
-(the newest, and so the terminal one, always arrive)."""
 
 ESTOP_MESSAGE = "stopped by an emergency stop"
 
@@ -81,28 +78,6 @@ def job_record(row: dict, abort_requested: bool = False) -> JobRecord:
 # ----------------------------------------------------------------------------------- manager
 
 
-class Subscriber:
-    """One progress-stream client: the job records published since it last looked."""
-
-    def __init__(self) -> None:
-        self._events: deque[JobRecord] = deque(maxlen=SUBSCRIBER_BACKLOG)
-        self._wake = asyncio.Event()
-
-    def push(self, record: JobRecord) -> None:  # on the event loop
-        self._events.append(record)
-        self._wake.set()
-
-    async def next(self, timeout: float) -> JobRecord | None:
-        """The next record, None if none came within ``timeout`` s."""
-        if not self._events:
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
-                return None
-        return self._events.popleft()
-
-
 @dataclass
 class _Job:
     id: int
@@ -129,8 +104,11 @@ class JobManager:
 
     # --- requests (event loop) ---------------------------------------------------------------
 
-    async def submit(self, job: ProgramJob, submitted_by: str | None = None) -> JobRecord:
-        """Store a ``queued`` job and queue it for the backend; its record."""
+    async def submit(self, job: ProgramJob, submitted_by: str | None = None, *,
+                     planner: Callable[[], Planner] | None = None) -> JobRecord:
+        """Store a ``queued`` job and queue it for the backend; its record. ``planner``: builds
+        the pulse chooser when the job starts, instead of ``job.strategy``'s (a calibration's
+        exploration; the job is still recorded under ``job.strategy``)."""
         stops = self.owner.stops
 
         def store() -> tuple[_Job, builtins.list[_Job]]:
@@ -161,7 +139,7 @@ class JobManager:
                 await asyncio.to_thread(self._end_queued, queued)
             # Tasks start in creation order, and each queues its work on the owner before its
             # first await: the owner's FIFO order is the submission order.
-            task = self._loop.create_task(self._run(handle, job))
+            task = self._loop.create_task(self._run(handle, job, planner))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         with self._lock:
@@ -256,9 +234,11 @@ class JobManager:
 
     # --- the job (backend owner thread) ------------------------------------------------------
 
-    async def _run(self, handle: _Job, job: ProgramJob) -> None:
+    async def _run(self, handle: _Job, job: ProgramJob,
+                   planner: Callable[[], Planner] | None = None) -> None:
         try:
-            await self.owner.run(lambda backend, storage: self._execute(handle, job, backend))
+            await self.owner.run(
+                lambda backend, storage: self._execute(handle, job, backend, planner))
         except EmergencyStopped:
             await self._fail(handle, "aborted", handle.abort_message or ESTOP_MESSAGE)
         except Exception as exc:
@@ -282,7 +262,8 @@ class JobManager:
         ):
             self._update(handle, fields)
 
-    def _execute(self, handle: _Job, job: ProgramJob, backend: Backend) -> None:
+    def _execute(self, handle: _Job, job: ProgramJob, backend: Backend,
+                 planner: Callable[[], Planner] | None = None) -> None:
         storage = self.storage
         with self._lock:
             aborted = handle.abort is not None
@@ -312,7 +293,7 @@ class JobManager:
         try:
             outcome = program_cells(
                 backend, LogRecorder(storage), job, should_stop=should_stop,
-                on_progress=on_progress,
+                on_progress=on_progress, planner=planner() if planner is not None else None,
             )
         except BaseException as exc:
             failure = f"{type(exc).__name__}: {exc}"
@@ -380,6 +361,26 @@ class JobManager:
                 return job_record(handle.row, handle.abort is not None), subscriber
         record = await self.get(job_id)
         return None if record is None else (record, None)
+
+    async def wait(self, job_id: int) -> JobRecord | None:
+        """The job's record once it has ended (None if there is no such job)."""
+        subscription = await self.subscribe(job_id)
+        if subscription is None:
+            return None
+        record, subscriber = subscription
+        if subscriber is None:
+            return record
+        try:
+            while record.status not in TERMINAL:
+                nxt = await subscriber.next(1.0)
+                if nxt is None:  # nothing published for a while: ask (it may have ended)
+                    nxt = await self.get(job_id)
+                    if nxt is None:
+                        return None
+                record = nxt
+            return record
+        finally:
+            self.unsubscribe(job_id, subscriber)
 
     def unsubscribe(self, job_id: int, subscriber: Subscriber) -> None:
         with self._lock:

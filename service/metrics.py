@@ -107,9 +107,11 @@ class Metrics:
         self, queue_depth: Callable[[], int], jobs: Callable[[], dict[str, int]],
         backend_up: Callable[[], bool], log_up: Callable[[], bool] = lambda: True,
         journal_records: Callable[[], int] = lambda: 0,
+        predictor_fit: Callable[[], dict | None] = lambda: None,
     ) -> None:
         """What the scrape-time gauges read (set once the service has started)."""
-        self._state.sources = (queue_depth, jobs, backend_up, log_up, journal_records)
+        self._state.sources = (queue_depth, jobs, backend_up, log_up, journal_records,
+                               predictor_fit)
 
     def exposition(self) -> bytes:
         from prometheus_client import generate_latest
@@ -124,7 +126,7 @@ class _StateCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         if self.sources is None:
             return
-        queue_depth, jobs, backend_up, log_up, journal_records = self.sources
+        queue_depth, jobs, backend_up, log_up, journal_records, predictor_fit = self.sources
         yield GaugeMetricFamily(
             "memprog_queue_depth", "Backend operations waiting or running.", value=queue_depth()
         )
@@ -154,6 +156,26 @@ class _StateCollector(Collector):
             "Records kept in the side journal, waiting for the database to take them.",
             value=journal_records(),
         )
+        fit = predictor_fit()
+        if fit is not None and fit.get("window"):
+            yield GaugeMetricFamily(
+                "memprog_predictor_share_unexplained",
+                "Share of the active model's recent pulses that no device latent explains "
+                "within a factor 2 of the width (a model that does not fit these devices).",
+                value=fit["share_unexplained"],
+            )
+            yield GaugeMetricFamily(
+                "memprog_predictor_share_latent_at_bound",
+                "Share of the active model's recent pulses whose device latent is at the end of "
+                "its range.",
+                value=fit["share_latent_at_bound"],
+            )
+            yield GaugeMetricFamily(
+                "memprog_predictor_calibration_advised",
+                "1 when the active model does not fit these devices: calibrate "
+                "(POST /api/v1/calibrations), else 0.",
+                value=1.0 if fit["calibration_advised"] else 0.0,
+            )
 
 
 class MeteredStorage(Storage):

@@ -97,7 +97,11 @@ class HealthResponse(BaseModel):
         None, description="Why the bench cannot be reached (status 'unavailable'), else null."
     )
     predictor: dict[str, object] | None = Field(
-        None, description="The loaded pulse predictor model, or null when none is loaded."
+        None, description="The loaded pulse predictor model (name, version, file, fingerprint, "
+        "whether it is adapted and its parent), and `fit`: how well it fits the devices it "
+        "programs, from its recent pulses (share_unexplained, share_latent_at_bound, verdict "
+        "`fits` | `calibration advised` | `unknown`); `status` unavailable with the reason if "
+        "none is loaded."
     )
     queued: int = Field(description="Backend jobs waiting or running right now.")
     version: str = Field(description="memprog version.")

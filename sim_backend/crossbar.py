@@ -31,6 +31,7 @@ from sim_backend.jart import (
     DeviceParams,
     current,
 )
+from sim_backend.population import Population, resolve_population
 
 WIDTH_MIN = 1e-9
 """Shortest pulse the simulator accepts, s."""
@@ -74,7 +75,11 @@ class Crossbar:
     variability:
         ``"ideal"`` (nominal devices), ``"d2d"`` (device-to-device spread drawn at creation),
         ``"realistic"`` (D2D and cycle-to-cycle variation after every pulse), or a
-        :class:`sim_backend.variability.Variability`.
+        :class:`sim_backend.variability.Variability`. A population file with a
+        ``[variability]`` section overrides it (the file describes its devices whole).
+    population:
+        The devices' population (:mod:`sim_backend.population`): a TOML file, a
+        :class:`~sim_backend.population.Population`, or None for the JART nominal devices.
     read_noise:
         Relative standard deviation of the Gaussian noise on every read (e.g. 0.01 = 1 %).
     stuck_fraction:
@@ -97,6 +102,7 @@ class Crossbar:
         stuck_fraction: float = 0.0,
         initial_N: float = N_LO,
         tol: float = DEFAULT_TOL,
+        population: str | os.PathLike | Population | None = None,
     ):
         if int(rows) < 1 or int(cols) < 1:
             raise ValueError("rows, cols: an array needs at least one row and one column")
@@ -111,14 +117,18 @@ class Crossbar:
         self.rows = int(rows)
         self.cols = int(cols)
         self.seed = int(seed)
-        self.variability = var.resolve(variability)
+        self.population = resolve_population(population)
+        self.variability = self.population.variability or var.resolve(variability)
+        self._const = self.population.constants
+        self._bounds = var.bounds_for(self.population.centre.as_dict())
         self.read_noise = float(read_noise)
         self.stuck_fraction = float(stuck_fraction)
         self.tol = float(tol)
         n = self.rows * self.cols
 
         d2d_seq, stuck_seq, c2c_seq, read_seq = np.random.SeedSequence(self.seed).spawn(4)
-        device = var.draw_d2d(n, self.variability.d2d_sigma, np.random.default_rng(d2d_seq))
+        device = var.draw_d2d(n, self.variability.d2d_sigma, np.random.default_rng(d2d_seq),
+                              self.population.centre.as_dict(), self._bounds)
         self._device = {k: np.asarray(getattr(device, k), dtype=float) for k in var.PARAMETERS}
         self._now = {k: v.copy() for k, v in self._device.items()}
 
@@ -227,7 +237,8 @@ class Crossbar:
         index, V, W = index[moving], V[moving], W[moving]
         N_before = self._N[index]
         params = DeviceParams(**{k: v[index] for k, v in self._now.items()})
-        N_after, self.last_stats = apply_pulses(N_before, V, W, params, tol=self.tol)
+        N_after, self.last_stats = apply_pulses(N_before, V, W, params, tol=self.tol,
+                                                const=self._const)
         self._N[index] = N_after
         self.pulse_count[index] += 1
 
@@ -241,6 +252,7 @@ class Crossbar:
                 N_after[fired],
                 V[fired] < 0,
                 self._c2c_rng,
+                self._bounds,
             )
             for k in var.PARAMETERS:
                 self._now[k][idx] = getattr(updated, k)
@@ -261,6 +273,7 @@ class Crossbar:
             "read_noise": self.read_noise,
             "stuck_fraction": self.stuck_fraction,
             "tol": self.tol,
+            "population": self.population.to_dict(),
             "c2c_rng": self._c2c_rng.bit_generator.state,
             "read_rng": self._read_rng.bit_generator.state,
         }
@@ -296,6 +309,8 @@ class Crossbar:
                 read_noise=meta["read_noise"],
                 stuck_fraction=meta["stuck_fraction"],
                 tol=meta["tol"],
+                population=Population.from_dict(meta["population"])
+                if "population" in meta else None,
             )
             n = xb.rows * xb.cols
             xb._N = np.array(data["N"], dtype=float)
@@ -316,7 +331,7 @@ class Crossbar:
         if not np.all(np.isfinite(xb._N) & (xb._N >= N_LO) & (xb._N <= N_HI)):
             raise ValueError(f"{path}: a device state N is not finite or outside [{N_LO}, {N_HI}]")
         for k in var.PARAMETERS:
-            lo, hi = var.BOUNDS[k]
+            lo, hi = xb._bounds[k]
             for name, a in ((f"device_{k}", xb._device[k]), (f"now_{k}", xb._now[k])):
                 if not np.all(np.isfinite(a) & (a >= lo * (1 - 1e-12)) & (a <= hi * (1 + 1e-12))):
                     raise ValueError(f"{path}: {name} is not finite or outside [{lo}, {hi}]")
@@ -326,9 +341,11 @@ class Crossbar:
 
     def __repr__(self) -> str:
         name = var.preset_name(self.variability) or repr(self.variability)
+        population = "" if self.population.is_nominal else \
+            f", population={self.population.name!r}"
         return (
             f"Crossbar({self.rows}, {self.cols}, seed={self.seed}, variability={name!r}, "
-            f"read_noise={self.read_noise}, stuck_fraction={self.stuck_fraction})"
+            f"read_noise={self.read_noise}, stuck_fraction={self.stuck_fraction}{population})"
         )
 
 

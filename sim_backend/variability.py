@@ -81,13 +81,31 @@ def preset_name(variability: Variability) -> str | None:
     return None
 
 
-def draw_d2d(n: int, sigma: float, rng: np.random.Generator) -> DeviceParams:
-    """Parameters of ``n`` devices: p_nom (1 + σ ξ) clipped to the bounds (1-D arrays)."""
+Bounds = dict[str, tuple[float, float]]
+
+
+def bounds_for(centre: dict[str, float] | None = None) -> Bounds:
+    """The global bounds of each parameter for a population centred on ``centre`` (default:
+    the nominal device): :data:`BOUNDS` scaled by centre / nominal (the same relative spans;
+    exactly :data:`BOUNDS` for the nominal centre)."""
+    if centre is None:
+        return dict(BOUNDS)
+    return {k: (BOUNDS[k][0] * (centre[k] / NOMINAL_VALUES[k]),
+                BOUNDS[k][1] * (centre[k] / NOMINAL_VALUES[k])) for k in PARAMETERS}
+
+
+def draw_d2d(n: int, sigma: float, rng: np.random.Generator,
+             centre: dict[str, float] | None = None, bounds: Bounds | None = None
+             ) -> DeviceParams:
+    """Parameters of ``n`` devices: p_c (1 + σ ξ) clipped to the bounds (1-D arrays); p_c the
+    population's centre (default nominal)."""
+    centre = NOMINAL_VALUES if centre is None else centre
+    bounds = BOUNDS if bounds is None else bounds
     values = {}
     for name in PARAMETERS:
-        nominal = NOMINAL_VALUES[name]
+        nominal = centre[name]
         xi = rng.standard_normal(n) if sigma > 0 else np.zeros(n)
-        lo, hi = BOUNDS[name]
+        lo, hi = bounds[name]
         values[name] = np.clip(nominal * (1.0 + sigma * xi), lo, hi)
     return DeviceParams(**values)
 
@@ -99,12 +117,14 @@ def c2c_update(
     N_after: np.ndarray,
     is_set: np.ndarray,
     rng: np.random.Generator,
+    bounds: Bounds | None = None,
 ) -> DeviceParams:
     """The parameters after one pulse on each of the given devices (all 1-D, one per device).
 
     ``current`` are the parameters the pulse was applied with, ``device`` the device's own (D2D)
-    values that bound the walk.
+    values that bound the walk; ``bounds`` the population's global bounds (default nominal).
     """
+    bounds = BOUNDS if bounds is None else bounds
     n = N_before.shape[0]
     u = rng.uniform(-1.0, 1.0, size=(4, n))
     out = {}
@@ -112,7 +132,7 @@ def c2c_update(
         span = C2C_SPAN[name]
         own = np.asarray(getattr(device, name))
         walked = np.asarray(getattr(current, name)) * (1.0 + span * u[row])
-        out[name] = _clip(walked, own * (1.0 - span), own * (1.0 + span), name)
+        out[name] = _clip(walked, own * (1.0 - span), own * (1.0 + span), bounds[name])
     delta = np.abs(N_after - N_before)
     room = np.where(
         is_set,
@@ -125,11 +145,13 @@ def c2c_update(
         step = C2C_GEOMETRY_BASE * u[row] + C2C_GEOMETRY_EVENT * ratio * rng.uniform(-1.0, 1.0, n)
         walked = np.asarray(getattr(current, name)) * (1.0 + step)
         out[name] = _clip(
-            walked, own * (1.0 - C2C_GEOMETRY_SPAN), own * (1.0 + C2C_GEOMETRY_SPAN), name
+            walked, own * (1.0 - C2C_GEOMETRY_SPAN), own * (1.0 + C2C_GEOMETRY_SPAN),
+            bounds[name]
         )
     return DeviceParams(**out)
 
 
-def _clip(value: np.ndarray, lo: np.ndarray, hi: np.ndarray, name: str) -> np.ndarray:
-    g_lo, g_hi = BOUNDS[name]
+def _clip(value: np.ndarray, lo: np.ndarray, hi: np.ndarray, bound: tuple[float, float]
+          ) -> np.ndarray:
+    g_lo, g_hi = bound
     return np.clip(value, np.maximum(lo, g_lo), np.minimum(hi, g_hi))

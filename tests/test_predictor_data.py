@@ -11,7 +11,8 @@ import pytest
 
 from predictor import features as F
 from predictor import scores as M
-from predictor.dataset import Records, SimulationConfig, load_export, simulate
+from predictor.dataset import Records, SimulationConfig, simulate
+from predictor.log_records import load_export
 
 
 @pytest.fixture(scope="module")

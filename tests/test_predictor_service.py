@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from predictor import strategy
-from predictor.dataset import load_export
+from predictor.log_records import load_export
 from programming import default_strategy, strategy_names
 
 API = "/api/v1"

@@ -183,6 +183,9 @@ class EmulatorConfig(_Frozen):
     variability: Literal["ideal", "d2d", "realistic"] = "ideal"
     read_noise: float = Field(default=0.0, ge=0.0, le=1.0)
     stuck_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    population: str | None = None
+    """Device population file of the emulated crossbar (sim_backend.population; a relative
+    path is from the bench file's directory); None: the JART nominal devices."""
     timing: bool = True
     """Emulate integration (NPLC) and burst durations in the replies."""
     line_frequency: float = Field(default=50.0, ge=50.0, le=60.0)
@@ -273,6 +276,13 @@ def parse_bench(data: dict) -> BenchConfig:
 
 
 def load_bench(path: str | Path) -> BenchConfig:
-    """Load and validate a bench configuration TOML file."""
+    """Load and validate a bench configuration TOML file (a relative emulator population is
+    taken from the file's directory)."""
     with open(path, "rb") as f:
-        return parse_bench(tomllib.load(f))
+        config = parse_bench(tomllib.load(f))
+    population = config.emulator.population
+    if population is not None and not Path(population).is_absolute():
+        emulator = config.emulator.model_copy(
+            update={"population": str(Path(path).resolve().parent / population)})
+        config = config.model_copy(update={"emulator": emulator})
+    return config

@@ -7,6 +7,7 @@ from importlib.metadata import PackageNotFoundError, version
 from fastapi import APIRouter
 
 from drivers.base import BackendUnavailable
+from predictor import strategy as predictor_strategy
 from service.deps import StateDep
 from service.models import HealthResponse, LogHealth
 
@@ -39,7 +40,7 @@ async def health(state: StateDep) -> HealthResponse:
         backend=info.kind if info is not None else state.configured_kind,
         instruments=dict(info.instruments) if info is not None else {},
         unavailable=state.owner.unavailable if info is None else None,
-        predictor=state.predictor,
+        predictor=predictor_strategy.status(),  # live: with the model's fit to the devices
         queued=state.owner.queued,
         version=_version(),
     )

@@ -1,24 +1,28 @@
-"""GET /predictor: the loaded pulse-predictor model; POST /predictor/reload: swap it in place.
+"""GET /predictor: the active pulse-predictor model; POST /predictor/reload: read its file
+again; GET /predictor/models: the station's models with their lineage; POST /predictor/activate:
+switch to one of them (and back).
 
-Reloading reads the configured model file again (``predictor.path`` in the settings, default
-the model shipped in ``predictor/models/default.onnx``), e.g. after ``memprog train --out`` wrote
-a model fine-tuned on this bench's own ``/export``; the service keeps running and programming
-runs in flight finish on the model they started with.
+Reloading reads the active model's file again (by default the configured ``predictor.path``,
+else the model shipped in ``predictor/models/default.onnx``), e.g. after ``memprog train --out``
+wrote a model fine-tuned on this bench's own ``/export``; the service keeps running and
+programming runs in flight finish on the model they started with. The models and which one is
+active: :mod:`service.predictor_models`.
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request
 
 from predictor import strategy
 from service.deps import StateDep
+from service.models_calibration import ActivateRequest, ModelInfo, ModelList
+from service.predictor_models import ModelNotFound, ModelRegistry
 
 router = APIRouter(tags=["predictor"])
 
 
-def _configured_path(state):
-    settings = getattr(state.settings, "predictor", None)
-    return getattr(settings, "path", None)
+def _registry(request: Request) -> ModelRegistry:
+    return request.app.state.models
 
 
 @router.get("/predictor", summary="The loaded pulse predictor and its metadata")
@@ -37,15 +41,44 @@ async def describe(state: StateDep) -> dict:
 
 @router.post("/predictor/reload", summary="Reload the pulse predictor without restarting")
 async def reload(state: StateDep) -> dict:
-    """Loads the configured model file again and makes it the one ``/program`` uses. If it
+    """Loads the active model's file again and makes it the one ``/program`` uses. If it
     cannot be loaded the model in use stays (answer 500 with the reason)."""
     try:
-        out = strategy.reload(_configured_path(state))
+        out = strategy.reload()
     except Exception as exc:
         raise HTTPException(
             status_code=500,
             detail=f"model reload failed ({type(exc).__name__}: {exc}); still in use: "
             f"{strategy.status()}",
         ) from exc
+    state.predictor = out
+    return out
+
+
+@router.get("/predictor/models", response_model=ModelList,
+            summary="The station's models, with their lineage")
+async def list_models(request: Request) -> ModelList:
+    """The shipped network, the configured model, and every model in the models directory
+    (calibrations write theirs there): id, file, fingerprint, lineage (parent, records used
+    and dropped, cells, time span, held-out fit before/after), which one is active, and why a
+    file would be refused."""
+    registry = _registry(request)
+    return ModelList(models=[ModelInfo(**m) for m in registry.list()],
+                     start_error=registry.start_error)
+
+
+@router.post("/predictor/activate", summary="Make a model the active one (kept across restarts)")
+async def activate(body: ActivateRequest, request: Request, state: StateDep) -> dict:
+    """Loads the model and makes it the one ``/program`` uses, now and after a restart. A
+    model that does not load (404: no such model; 422: refused, with the reason) leaves the
+    active one in place. Device memory is kept per model: a switch starts every device
+    afresh, a switch back finds what the old model had learned."""
+    try:
+        out = _registry(request).activate(body.model)
+    except ModelNotFound as exc:
+        raise HTTPException(status_code=404, detail=str(exc)) from exc
+    except (ValueError, OSError) as exc:
+        raise HTTPException(status_code=422, detail=f"model {body.model!r} refused: {exc}; "
+                            f"still in use: {strategy.status().get('fingerprint')}") from exc
     state.predictor = out
     return out

@@ -114,3 +114,22 @@ class LogParts:
     def _to_journal(self, name: str, args: tuple, kwargs: dict, at: float) -> None:
         raise NotImplementedError
 
+    def _insert_now(self, sql: str, args: tuple, consequence: str) -> int:
+        """Any thread: one ``INSERT`` through a connection of its own, committed; the new row's
+        id. :class:`LogUnavailable` ("log unavailable, ``consequence``") when the log cannot
+        take it; a statement breaking a constraint (a bug) is raised as it is."""
+        self.ensure_writable(consequence)
+        try:
+            conn = db.side_writer(self.path)
+            try:
+                cur = conn.execute(sql, args)
+                conn.commit()
+                assert cur.lastrowid is not None  # an INSERT names its row
+                return int(cur.lastrowid)
+            finally:
+                conn.close()
+        except db.Error as exc:
+            if not db.is_fault(exc):
+                raise
+            raise LogUnavailable(f"log unavailable, {consequence}: {exc}") from exc
+

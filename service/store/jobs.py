@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 
 from service.store import db
-from service.store.base import LogParts, LogUnavailable, journaled, log
+from service.store.base import LogParts, journaled, log
 from service.store.db import reading, side_writer
 from service.store.schema import JOB_COLUMNS
 
@@ -42,34 +42,13 @@ class JobStore(LogParts):
         """A new ``queued`` job, committed. Any thread: it writes through its own connection,
         which SQLite serialises with the backend owner's writes. Raises :class:`LogUnavailable`
         (nothing queued) when the log cannot take it."""
-        self.ensure_writable("the job was not queued")
-        try:
-            conn = side_writer(self.path)
-            try:
-                cur = conn.execute(
-                    "INSERT INTO jobs (created, status, strategy, tolerance, max_pulses, "
-                    "verify, v_read, total_cells, submitted_by) "
-                    "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        time.time(),
-                        strategy,
-                        tolerance,
-                        max_pulses,
-                        int(verify),
-                        v_read,
-                        total_cells,
-                        submitted_by,
-                    ),
-                )
-                conn.commit()
-                assert cur.lastrowid is not None  # an INSERT names its row
-                return int(cur.lastrowid)
-            finally:
-                conn.close()
-        except db.Error as exc:
-            if not db.is_fault(exc):  # a bug (a constraint), not the log failing
-                raise
-            raise LogUnavailable(f"log unavailable, the job was not queued: {exc}") from exc
+        return self._insert_now(
+            "INSERT INTO jobs (created, status, strategy, tolerance, max_pulses, verify, v_read, "
+            "total_cells, submitted_by) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
+            (time.time(), strategy, tolerance, max_pulses, int(verify), v_read, total_cells,
+             submitted_by),
+            "the job was not queued",
+        )
 
     @journaled
     def update_job(self, job_id: int, **fields: object) -> None:

@@ -193,4 +193,10 @@ class LogHealth(LogParts):
             "WHERE status IN ('queued', 'running')",
             (time.time(), JOB_INTERRUPTED),
         )
+        # A calibration cut short: its model, if written, was never activated.
+        self._conn.execute(
+            "UPDATE calibrations SET status = 'interrupted', finished = ?, error = ? "
+            "WHERE status IN ('pulsing', 'fitting')",
+            (time.time(), "the service stopped before the calibration ended"),
+        )
         self._conn.commit()

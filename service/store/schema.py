@@ -139,6 +139,23 @@ JOB_COLUMNS = (
     "error",
 )
 
+CALIBRATION_COLUMNS = (
+    "id",
+    "created",
+    "finished",
+    "status",
+    "job_id",
+    "cells",
+    "pulses_per_cell",
+    "activate",
+    "parent",
+    "model_path",
+    "activated",
+    "report",
+    "error",
+    "submitted_by",
+)
+
 RUN_COLUMNS = (
     "id",
     "started",
@@ -194,10 +211,38 @@ def _api_keys(conn: sqlite3.Connection) -> None:
     conn.executescript(API_KEYS)
 
 
+CALIBRATIONS = """
+CREATE TABLE IF NOT EXISTS calibrations (
+    id INTEGER PRIMARY KEY,
+    created REAL NOT NULL,            -- Unix time, s
+    finished REAL,                    -- Unix time, s; NULL until it ended
+    status TEXT NOT NULL,             -- pulsing | fitting | completed | failed | aborted |
+                                      -- interrupted
+    job_id INTEGER REFERENCES jobs(id), -- the job that fired its pulses
+    cells INTEGER NOT NULL,           -- cells pulsed
+    pulses_per_cell INTEGER NOT NULL,
+    activate TEXT NOT NULL,           -- if_better | always | never
+    parent TEXT NOT NULL,             -- fingerprint of the model it was calibrated from
+    model_path TEXT,                  -- the adapted model written, NULL until then
+    activated INTEGER,                -- 1 if it was made the active model
+    report TEXT,                      -- JSON: records, held-out fit, correction
+    error TEXT,
+    submitted_by TEXT
+);
+"""
+
+
+def _calibrations(conn: sqlite3.Connection) -> None:
+    """Version 4: calibrations of the pulse predictor to this station's devices
+    (:mod:`service.calibrations`)."""
+    conn.executescript(CALIBRATIONS)
+
+
 STEPS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _release_0_1,
     _journal_applied,
     _api_keys,
+    _calibrations,
 )
 """Migration steps in order: ``STEPS[n - 1]`` brings version n - 1 to n."""
 

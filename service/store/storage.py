@@ -30,6 +30,7 @@ from pathlib import Path
 
 from service.store import db, dblock, schema
 from service.store.base import LogUnavailable
+from service.store.calibrations import CalibrationStore
 from service.store.db import copy_database, durable, open_writer
 from service.store.device_memory import DeviceMemory
 from service.store.jobs import JobStore
@@ -41,7 +42,8 @@ from service.store.recovery import LogHealth
 from service.store.runs import RunStore
 
 
-class Storage(LogHealth, OperationLog, RunStore, DeviceMemory, JobStore, LogReader):
+class Storage(LogHealth, OperationLog, RunStore, DeviceMemory, JobStore, CalibrationStore,
+              LogReader):
     """The operation log. Write methods belong to one thread (the backend owner's)."""
 
     def __init__(

@@ -50,6 +50,7 @@ class EmulatedBench:
             crossbar = Crossbar(
                 config.rows, config.cols, seed=em.seed, variability=em.variability,
                 read_noise=em.read_noise, stuck_fraction=em.stuck_fraction,
+                population=em.population,
             )
         if crossbar.rows < config.rows or crossbar.cols < config.cols:
             raise ValueError(
