@@ -6,14 +6,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test serve lint benchmark clean browser
+.PHONY: test serve lint benchmark clean browser containers
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q -c constraints.txt -e '.[dev,train]'
 	touch $(STAMP)
 
-test: lint browser
+test: lint browser containers
 	$(BIN)/pytest
 
 # ruff; the layers (import-linter contracts in pyproject.toml); types (mypy, [tool.mypy])
@@ -41,3 +41,15 @@ browser:
 
 clean:
 	rm -rf $(VENV)
+
+# The container test (tests/test_container.py) builds and runs the image with podman as root
+# (runc; mmdebstrap makes a base from Debian packages when no registry answers): install them
+# when they are missing (root, or sudo).
+containers:
+	@if ! command -v podman >/dev/null || ! command -v runc >/dev/null \
+			|| ! command -v mmdebstrap >/dev/null; then \
+		echo "installing podman, runc and mmdebstrap for the container test"; \
+		if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q podman runc mmdebstrap; \
+	fi

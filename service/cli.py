@@ -85,11 +85,21 @@ def _benchmark_programming(args: argparse.Namespace) -> int:
     return benchmark_command(args)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("memprog")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="memprog",
         description="Program memristor conductances on a simulated crossbar or a real bench.",
     )
+    parser.add_argument("--version", action="version", version=f"memprog {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the REST service (default http://127.0.0.1:8000)")

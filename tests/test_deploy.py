@@ -358,7 +358,7 @@ def test_compose_file_names_what_exists():
     assert serve.command == "serve"
     # the emulators listen on loopback only: the service shares their network namespace, and
     # its port is published there
-    assert memprog["network_mode"] == "service:emulators"
+    assert memprog["network_mode"] == f"container:{emulators['container_name']}"
     assert any(p.endswith(f":{serve.port}") for p in emulators["ports"])
     env = {k: str(v) for k, v in memprog["environment"].items()}
     assert env["MEMPROG_BENCH_CONFIG"] in {v.split(":")[1] for v in memprog["volumes"]}
