@@ -264,13 +264,13 @@ def _plot(report: dict, out_dir: Path) -> str:
                  * 100 for n in names]
         axes[0].bar(x + shift, mean, 0.4, label=phase)
         axes[1].bar(x + shift, known, 0.4, label=phase)
-    axes[0].set_ylabel("write-and-verify: mean pulses per device")
-    axes[1].set_ylabel("one shot on known devices: % within ±50 % of the update")
+    axes[0].set_ylabel("write-and-verify:\nmean pulses per device")
+    axes[1].set_ylabel("one shot, known devices:\n% within ±50 % of the update")
     axes[1].axhline(85, color="k", lw=0.8, ls="--")
     for ax in axes:
         ax.set_xticks(x, names, rotation=20, fontsize=8)
         ax.legend(fontsize=8)
-    fig.suptitle("Before and after calibrating on 5 % of the cells (≤ 20 pulses each)")
+    fig.suptitle("Before and after calibrating on 5 % of the cells (≤ 20 pulses each)", y=0.99)
     fig.tight_layout()
     path = out_dir / "foreign.png"
     fig.savefig(path, dpi=110)
