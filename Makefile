@@ -6,14 +6,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test serve lint benchmark clean browser containers
+.PHONY: test serve lint benchmark clean browser containers postgresql
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -q -c constraints.txt -e '.[dev,train]'
+	$(BIN)/pip install --disable-pip-version-check -q -c constraints.txt -e '.[dev,train,postgresql]'
 	touch $(STAMP)
 
-test: lint browser containers
+test: lint browser containers postgresql
 	$(BIN)/pytest
 
 # ruff; the layers (import-linter contracts in pyproject.toml); types (mypy, [tool.mypy])
@@ -52,4 +52,14 @@ containers:
 		if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q podman runc mmdebstrap; \
+	fi
+
+# The PostgreSQL store's tests (tests/pg.py) start a throwaway server from Debian's postgresql
+# package: install it when it is missing (root, or sudo). Its own cluster is not started.
+postgresql:
+	@if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then \
+		echo "installing Debian's postgresql for the PostgreSQL store's tests"; \
+		if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q postgresql; \
 	fi

@@ -22,7 +22,7 @@ EXPORT_COLUMNS = ("id", "time", "kind", "row", "col", "voltage", "width", "condu
 
 
 def load_export(source: str | Path | bytes, *, device_offset: int = 0,
-                v_read: float | None = None) -> Records:
+                v_read: float | None = None, station: str | None = None) -> Records:
     """Pulse records from the service's operation log.
 
     ``source`` is a path to the SQLite database, to an export in CSV (a header naming at least
@@ -32,9 +32,10 @@ def load_export(source: str | Path | bytes, *, device_offset: int = 0,
     it; pulses without both reads are skipped, and so are reads whose current compliance
     tripped (``compliance`` = 1: the reading was clipped). ``latent`` is NaN (unknown) and
     ``saturated`` False: measured devices say nothing about either. Device ids are
-    ``row * 65536 + col + device_offset``.
+    ``row * 65536 + col + device_offset``. ``station``: of a database shared by stations (a
+    ``station`` column), only that station's operations (another station's devices are others).
     """
-    return records_from_operations(_read_operations(source), device_offset=device_offset,
+    return records_from_operations(_read_operations(source, station), device_offset=device_offset,
                                    v_read=v_read)
 
 
@@ -96,13 +97,14 @@ def _empty_records() -> Records:
                    info={"source": "export", "pulses_in_log": 0})
 
 
-def _read_operations(source: str | Path | bytes) -> dict[str, np.ndarray]:
+def _read_operations(source: str | Path | bytes, station: str | None = None
+                     ) -> dict[str, np.ndarray]:
     if isinstance(source, (str, Path)) and Path(source).is_file():
         path = Path(source)
         with open(path, "rb") as fh:
             head = fh.read(16)
         if head.startswith(b"SQLite format 3"):
-            return _from_sqlite(path)
+            return _from_sqlite(path, station)
         text = path.read_text()
     elif isinstance(source, bytes):
         text = source.decode()
@@ -119,15 +121,17 @@ def _read_operations(source: str | Path | bytes) -> dict[str, np.ndarray]:
     return _columns(rows)
 
 
-def _from_sqlite(path: Path) -> dict[str, np.ndarray]:
+def _from_sqlite(path: Path, station: str | None = None) -> dict[str, np.ndarray]:
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         names = {r[1] for r in conn.execute("PRAGMA table_info(operations)")}
         compliance = "compliance" if "compliance" in names else "NULL"
         when = "time" if "time" in names else "NULL"
+        where, args = ("WHERE station = ? ", (station,)) if (
+            station is not None and "station" in names) else ("", ())
         cur = conn.execute(
             "SELECT id, kind, row, col, voltage, width, conductance, "
-            f"{compliance}, {when} FROM operations ORDER BY id"
+            f"{compliance}, {when} FROM operations {where}ORDER BY id", args
         )
         rows = [
             {"id": r[0], "kind": r[1], "row": r[2], "col": r[3], "voltage": r[4], "width": r[5],

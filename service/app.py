@@ -7,7 +7,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from fastapi import Depends, FastAPI
 
@@ -36,9 +35,11 @@ from service.routers import (
     pulses,
     reads,
     runs,
+    stations,
 )
 from service.routers import predictor as predictor_router
 from service.state import ServiceState
+from service.stations import beat_forever
 from service.store.keys import KeyStore
 
 API_PREFIX = "/api/v1"
@@ -78,7 +79,8 @@ def create_app(
         # The storage marks runs and jobs left running by a crash 'interrupted' (never re-run).
         owner = BackendOwner(
             lambda: backend_factory(settings),
-            lambda: MeteredStorage(settings.database, metrics),
+            lambda: MeteredStorage(settings.database, metrics, station=settings.station,
+                                   state_dir=settings.state_dir),
         )
         app.state.memprog = ServiceState(settings=settings, owner=owner)
         app.state.jobs = JobManager(owner, asyncio.get_running_loop())
@@ -95,10 +97,16 @@ def create_app(
         await asyncio.get_running_loop().run_in_executor(None, cache.load)
         tasks = [asyncio.create_task(cache.keep_fresh()),
                  asyncio.create_task(_watch_log(owner))]
+        # Model activations are recorded in the log, with the station (model_activations).
+        models.on_activate = lambda model, fingerprint, reason: owner.storage.record_activation(
+            model, fingerprint, reason)
         # The pulse predictor: the station's active model (service.predictor_models), else the
         # configured one. A model that cannot be loaded is reported by /health, and /program's
         # default strategy falls back to ispp; the service starts regardless.
         app.state.memprog.predictor = await asyncio.to_thread(models.startup)
+        # The heartbeat: this station in GET /stations (and a database gone away noticed).
+        tasks.append(asyncio.create_task(
+            beat_forever(app.state.memprog, app.state.jobs.running_id)))
         try:
             yield
         finally:
@@ -121,11 +129,12 @@ def create_app(
     )
     app.state.metrics = metrics
     models = ModelRegistry(
-        settings.predictor.models_dir or Path(settings.database).parent / "models",
+        settings.predictor.models_dir or settings.local_dir / "models",
         settings.predictor.path,
     )
     app.state.models = models
-    app.state.auth = AuthState(enabled=settings.auth.enabled, keys=KeyStore(settings.database))
+    app.state.auth = AuthState(enabled=settings.auth.enabled, keys=KeyStore(settings.database,
+                                                                       station=settings.station))
     # Outermost last: the latency of every answer, then the key (from the headers, before any
     # body is read), then the body's size.
     app.add_middleware(BodyLimitMiddleware, max_bytes=lambda: _max_body_bytes(app, settings),
@@ -141,6 +150,7 @@ def create_app(
         array_map: read,
         reads: read,
         runs: read,
+        stations: read,
         pulses: [Depends(require("program"))],
         program: [Depends(require("program"))],
         predictor_router: [Depends(require_by_method({"GET": "read", "POST": "admin"}))],

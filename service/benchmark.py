@@ -11,6 +11,7 @@ drivers/visa, predictor; ``benchmark_memory`` for the device memory).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import tempfile
 import time
@@ -20,6 +21,7 @@ import httpx
 import numpy as np
 
 from service.launch import ServerProcess, peak_rss_bytes
+from service.store.database import is_postgres
 
 API = "/api/v1"
 PROGRAM_TOLERANCE = 0.02
@@ -164,7 +166,8 @@ def measure(
 def _print(figures: dict) -> None:
     r, p = figures["read_one_cell"], figures["program_one_cell"]
     tr, tp = figures["throughput_read"], figures["throughput_program"]
-    print(f"memprog benchmark api — {figures['backend']} {figures['array']} at {figures['url']}")
+    print(f"memprog benchmark api — {figures['backend']} {figures['array']} at {figures['url']}"
+          + (f", {figures['database']} database" if figures.get("database") else ""))
     print(
         f"  one-cell read     p50 {r['p50_ms']:8.2f} ms   p99 {r['p99_ms']:8.2f} ms  (n={r['n']})"
     )
@@ -185,6 +188,16 @@ def _print(figures: dict) -> None:
         )
     rss = figures["server_peak_rss_mb"]
     print(f"  server peak RSS   {'n/a' if rss is None else f'{rss:.0f} MB'} (target ≤ 300 MB)")
+    fleet = figures.get("stations")
+    if fleet:
+        print(f"  {fleet['count']} stations on one {figures.get('database')} database, "
+              f"{fleet['clients_each']} clients each: throughput alone → all at once "
+              "(ratio; target ≤ 1.3)")
+        for name in ("read", "program"):
+            f = fleet[name]
+            for k, (a, t, r) in enumerate(zip(f["alone_per_second"], f["together_per_second"],
+                                              f["ratio"], strict=True)):
+                print(f"    bench-{k} {name:8s} {a:8.1f} → {t:8.1f} req/s  ({r:.2f}×)")
 
 
 def run_api_benchmark(
@@ -197,31 +210,99 @@ def run_api_benchmark(
     duration: float = 5.0,
     server_pid: int | None = None,
     report: str | None = None,
+    database: str | None = None,
+    stations: int = 1,
 ) -> int:
+    """``database``: where the started server(s) log — an SQLite file (default: a temporary
+    one), a ``postgresql://`` URL, or ``postgresql:throwaway`` (a temporary PostgreSQL server,
+    :mod:`service.throwaway_postgres`). ``stations`` > 1 starts that many servers on the
+    database (SQLite: one file each, as one per file is the rule) and measures each one's
+    throughput alone, then all at once."""
     if url is not None:
         figures = measure(
             url, requests=requests, clients=clients, duration=duration, server_pid=server_pid
         )
     else:
-        with tempfile.TemporaryDirectory(prefix="memprog-bench-") as tmp:
-            env = {
-                "MEMPROG_BACKEND": "sim",
-                "MEMPROG_SIM__ROWS": str(rows),
-                "MEMPROG_SIM__COLS": str(cols),
-                "MEMPROG_SIM__VARIABILITY": "realistic",
-                "MEMPROG_DATABASE": str(Path(tmp) / "bench.db"),
-            }
-            with ServerProcess(env) as server:
-                figures = measure(
-                    server.url,
-                    requests=requests,
-                    clients=clients,
-                    duration=duration,
-                    server_pid=server.pid,
-                )
-                figures["server_started_by_bench"] = True
+        with contextlib.ExitStack() as stack:
+            tmp = Path(stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="memprog-bench-")))
+            target = database
+            if target == THROWAWAY:
+                from service.throwaway_postgres import PostgresServer
+
+                # fsync on, as a lab's server: every commit is flushed to disk
+                target = stack.enter_context(PostgresServer(fsync=True)).new_database()
+            servers = []
+            for k in range(stations):
+                if target is not None and is_postgres(target):
+                    where = target  # one database, shared
+                elif target is not None:  # an SQLite file each (one service per file)
+                    where = target if k == 0 else str(Path(target).with_suffix(f".{k}.db"))
+                else:
+                    where = str(tmp / f"bench-{k}.db")
+                env = {
+                    "MEMPROG_BACKEND": "sim",
+                    "MEMPROG_SIM__ROWS": str(rows),
+                    "MEMPROG_SIM__COLS": str(cols),
+                    "MEMPROG_SIM__VARIABILITY": "realistic",
+                    "MEMPROG_DATABASE": where,
+                    "MEMPROG_STATION": f"bench-{k}",
+                    "MEMPROG_STATE_DIR": str(tmp / f"state-{k}"),
+                }
+                servers.append(stack.enter_context(ServerProcess(env, startup_timeout=120)))
+            figures = measure(
+                servers[0].url,
+                requests=requests,
+                clients=clients,
+                duration=duration,
+                server_pid=servers[0].pid,
+            )
+            figures["server_started_by_bench"] = True
+            figures["database"] = ("postgresql" if target is not None and is_postgres(target)
+                                   else "sqlite")
+            if stations > 1:
+                figures["stations"] = measure_stations([s.url for s in servers], clients,
+                                                       duration)
     _print(figures)
     if report:
         Path(report).parent.mkdir(parents=True, exist_ok=True)
         Path(report).write_text(json.dumps(figures, indent=2))
     return 0
+
+
+THROWAWAY = "postgresql:throwaway"
+
+
+def measure_stations(urls: list[str], clients: int, duration: float) -> dict:
+    """Each station's throughput (one-cell reads, one-cell programs, ``clients`` clients each)
+    alone, then with every station loaded at once; ``ratio``: alone / together (1.0: the
+    stations do not slow each other)."""
+    out: dict = {"count": len(urls), "clients_each": clients}
+    for path, body, cap in (("/read", "read_body", 20_000), ("/program", "program_body", 2_000)):
+        # cells and targets of their own for each phase (a cell programmed again to the target
+        # it already has would take no pulse)
+        work = [_Workload(*_geometry(url), seed=100 + k) for k, url in enumerate(urls)]
+        alone = [asyncio.run(_throughput(url, path, getattr(w, body), clients, duration,
+                                         max_requests=cap))["per_second"]
+                 for url, w in zip(urls, work, strict=True)]
+        work = [_Workload(*_geometry(url), seed=200 + k) for k, url in enumerate(urls)]
+
+        async def together(path: str = path, body: str = body, cap: int = cap,
+                           work: list[_Workload] = work) -> list[dict]:
+            return await asyncio.gather(*(
+                _throughput(url, path, getattr(w, body), clients, duration, max_requests=cap)
+                for url, w in zip(urls, work, strict=True)))
+
+        at_once = [t["per_second"] for t in asyncio.run(together())]
+        out[path.strip("/")] = {
+            "alone_per_second": alone,
+            "together_per_second": at_once,
+            "ratio": [a / b if b else None for a, b in zip(alone, at_once, strict=True)],
+        }
+    return out
+
+
+def _geometry(url: str) -> tuple[int, int]:
+    with httpx.Client(base_url=url, timeout=60.0) as client:
+        array = client.get(API + "/array").json()
+    return array["rows"], array["cols"]

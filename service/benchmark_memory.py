@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from service.config import Settings
+from service.store.database import open_database
 from service.store.device_memory import forget_all
 
 TARGET_RANGE = (110e-6, 540e-6)  # S: inside the shipped model's trained target range
@@ -78,7 +79,8 @@ def run_scenario(
                     "targets": _targets(cells, g1), "tolerance": tolerance}).json()
                 pulses = np.array([x["pulses"] for x in run["results"]])
                 if not remember:
-                    forget_all(Path(settings.database))
+                    forget_all(open_database(settings.database, settings.station,
+                                             settings.state_dir))
                 g2 = rng.uniform(*TARGET_RANGE, len(cells))
                 shot = api.post("/api/v1/program", json={
                     "targets": _targets(cells, g2), "verify": False}).json()

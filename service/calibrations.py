@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 import threading
 import time
 from datetime import UTC, datetime
@@ -34,6 +35,7 @@ import numpy as np
 from predictor import strategy
 from predictor.adapted import write_adapted
 from predictor.calibration import CalibrationConfig, ExplorationPlanner, fit, improves
+from predictor.dataset import Records
 from predictor.log_records import load_export
 from predictor.runtime import PulsePredictor
 from programming import InvalidRequest, ProgramJob
@@ -42,6 +44,7 @@ from service.models_calibration import CALIBRATION_TERMINAL, CalibrationRecord, 
 from service.predictor_models import ModelRegistry
 from service.request_helpers import request_v_read
 from service.state import ServiceState
+from service.store.database import SqliteDatabase
 from service.validation import RequestProblem, cell_arrays
 
 log = logging.getLogger("memprog.calibrations")
@@ -186,10 +189,21 @@ class CalibrationManager:
         with self._lock:
             return cal_id in self._aborted
 
+    def _station_records(self, v_read: float) -> Records:
+        """This station's pulse records from the log: read in place from an SQLite file, else
+        from a snapshot of the shared database in a private temporary file."""
+        storage, station = self.storage, self.storage.station
+        if isinstance(storage.db, SqliteDatabase):
+            return load_export(storage.db.path, v_read=v_read, station=station)
+        with tempfile.TemporaryDirectory(prefix="memprog-calibration-") as work:
+            copy = Path(work) / "log.db"
+            storage.snapshot(copy)
+            return load_export(copy, v_read=v_read, station=station)
+
     def _fit(self, cal_id: int, parent: PulsePredictor, activate: str, cells: int) -> None:
         """Worker thread: fit, write the model, activate if asked (see the module)."""
         started = time.monotonic()
-        records = load_export(self.storage.path, v_read=parent.v_read)
+        records = self._station_records(parent.v_read)
         result = fit(parent, records, CalibrationConfig(seed=cal_id))
         lineage = {
             "parent_fingerprint": parent.fingerprint,
@@ -200,7 +214,8 @@ class CalibrationManager:
             "time_span": records.info.get("time_span"),
             "held_out": result.held_out,
             "calibration_id": cal_id,
-            "station_database": str(self.storage.path),
+            "station": self.storage.station,
+            "station_database": self.storage.db.describe(),
         }
         base = parent.name.removesuffix("-calibrated")
         path = write_adapted(
@@ -230,7 +245,7 @@ class CalibrationManager:
         }
         activated = False
         if wanted and not self._was_aborted(cal_id):
-            self.registry.activate(path.name)
+            self.registry.activate(path.name, f"calibration {cal_id}: {why}")
             self.state.predictor = strategy.status()
             activated = True
         status = "aborted" if self._was_aborted(cal_id) else "completed"

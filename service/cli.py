@@ -39,6 +39,8 @@ def _benchmark_api(args: argparse.Namespace) -> int:
         duration=args.duration,
         server_pid=args.server_pid,
         report=args.report,
+        database=args.database,
+        stations=args.stations,
     )
 
 
@@ -138,6 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--server-pid", type=int, default=None, help="pid of the --url server (peak memory)"
     )
     api.add_argument("--report", default=None, help="write the figures as JSON to this path")
+    api.add_argument(
+        "--database", default=None,
+        help="where a started server logs: an SQLite path (default: a temporary file), a "
+        "postgresql:// URL, or postgresql:throwaway (a temporary local PostgreSQL server)")
+    api.add_argument(
+        "--stations", type=int, default=1,
+        help="start this many servers on the database and measure each one's throughput alone "
+        "and all at once")
     api.set_defaults(func=_benchmark_api)
 
     visa = bench_sub.add_parser(
@@ -219,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     from service.calibrate_cli import add_parser as add_calibrate_parser
 
     add_calibrate_parser(sub)
+    from service.db_cli import add_parser as add_db_parser
+
+    add_db_parser(sub)
 
     emulate = sub.add_parser(
         "emulate", help="serve the SCPI/TSP instrument emulators of a bench file on loopback"

@@ -34,6 +34,7 @@ from pydantic_settings import (
 )
 
 from drivers.limits import LimitsSchema
+from service.store.database import check_station, default_station, is_postgres
 
 
 class SimSettings(BaseModel):
@@ -236,7 +237,29 @@ class Settings(BaseSettings):
     backend: Literal["sim", "visa"] = Field(
         "sim", description="sim: simulated crossbar; visa: a real bench over PyVISA."
     )
-    database: Path = Field(Path("memprog.db"), description="SQLite file of every operation.")
+    database: Path | str = Field(
+        Path("memprog.db"),
+        description="Where every operation is logged: an SQLite file's path (the embedded "
+        "default, one station), or a PostgreSQL URL postgresql://user:password@host:port/db "
+        "shared by a lab's stations (needs the postgresql extra).",
+    )
+    station: str = Field(
+        default_factory=default_station,
+        description="This service's station name (1-63 letters, digits, '.', '_', '-'; default: "
+        "the host name), written on every operation, run, job, key use, device-memory entry "
+        "and model activation. One service per station and database.",
+    )
+    state_dir: Path | None = Field(
+        None,
+        description="With a PostgreSQL database: the local directory of this station's side "
+        "journal, lock and models (default: the working directory). With SQLite they sit "
+        "beside the database file.",
+    )
+    heartbeat_s: float = Field(
+        5.0, gt=0, le=300,
+        description="s between this station's heartbeats in the stations table "
+        "(GET /api/v1/stations marks a station silent after 3 missed beats).",
+    )
     bench_config: Path | None = Field(
         None, description="Bench TOML for the visa backend (instruments, wiring, limits)."
     )
@@ -247,6 +270,24 @@ class Settings(BaseSettings):
     predictor: PredictorSettings = Field(default_factory=PredictorSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     exports: ExportSettings = Field(default_factory=ExportSettings)
+
+    @field_validator("database", mode="after")
+    @classmethod
+    def _path_or_url(cls, value: Path | str) -> Path | str:
+        return value if is_postgres(value) else Path(value)
+
+    @field_validator("station", mode="after")
+    @classmethod
+    def _station_name(cls, value: str) -> str:
+        return check_station(value)
+
+    @property
+    def local_dir(self) -> Path:
+        """Where this station keeps its local files (models): beside an SQLite database, else
+        ``state_dir`` (default: the working directory)."""
+        if is_postgres(self.database):
+            return self.state_dir if self.state_dir is not None else Path.cwd()
+        return Path(self.database).parent
 
     @model_validator(mode="after")
     def _bench_config_for_visa(self) -> Settings:

@@ -59,7 +59,8 @@ ERRORS: tuple[tuple[type[Exception], int, Detail], ...] = (
     (PredictorUnavailable, 503, str),
     (LogUnavailable, 503, str),
     # a read of the history while the database is gone or locked: no answer to give
-    (db.Unavailable, 503, lambda e: f"database unavailable: {type(e).__name__}: {e}"),
+    *((unavailable, 503, lambda e: f"database unavailable: {type(e).__name__}: {e}")
+      for unavailable in db.Unavailable),
     (BackendUnavailable, 503, lambda e: f"backend unavailable: {e}"),
 )
 

@@ -234,12 +234,15 @@ def write_hdf5(
     cols: int,
     backend: str,
     run_id: int | None = None,
+    station: str | None = None,
 ) -> int:
     """Writes the log (or one run's operations) to ``path``; returns the operations written.
 
     ``rows``/``cols`` are the array's geometry (the crossbar maps grow if the log holds a cell
     beyond it); ``backend`` (simulated | hardware) is what the service drives now. ``storage``
     is read in one long read: pass a :class:`~service.store.Snapshot` of a live log.
+    ``station``: only that station's operations and runs (a shared database holds several
+    stations' arrays; one file maps one array).
     """
     created = time.time()
     with h5py.File(path, "w", libver=("v110", "latest")) as h5:
@@ -252,6 +255,7 @@ def write_hdf5(
         attrs["created_iso"] = datetime.fromtimestamp(created, UTC).isoformat()
         attrs["backend"] = backend
         attrs["run_id"] = -1 if run_id is None else run_id
+        attrs["station"] = station if station is not None else ""
         attrs["last_operation_id"] = storage.last_operation_id()
         attrs["sign_convention"] = "SET (conductance rises) at negative voltage, RESET at positive"
         attrs["units"] = "SI: V, s, S, A; times are Unix time in s"
@@ -262,7 +266,8 @@ def write_hdf5(
 
         last: dict[str, dict[tuple[int, int], float]] = {k: {} for k in CROSSBAR_UNITS}
         notes: list[tuple] = []
-        n_ops = _write_cells(storage.iter_operations_by_cell(run_id), crosspoints, last, notes)
+        n_ops = _write_cells(storage.iter_operations_by_cell(run_id, station=station),
+                             crosspoints, last, notes)
         notes_table = h5.create_dataset("notes", data=np.array(notes, dtype=NOTES_DTYPE))
         notes_table.attrs["description"] = (
             "operations that carry a note, e.g. 'uncertain: ...' for a pulse a failing bench "
@@ -288,7 +293,8 @@ def write_hdf5(
             dataset = crossbar.create_dataset(name, data=grid)
             dataset.attrs["units"] = unit
 
-        runs = [storage.get_run(run_id)] if run_id is not None else storage.list_all_runs()
+        runs = ([storage.get_run(run_id)] if run_id is not None
+                else storage.list_all_runs(station))
         _write_runs(h5, [run for run in runs if run is not None])
     return n_ops
 

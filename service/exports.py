@@ -138,11 +138,13 @@ class ExportPool:
 
     # --- the two formats ----------------------------------------------------------------------
 
-    async def csv(self, storage: Storage, slot: Slot, run_id: int | None) -> ExportResponse:
-        """Every operation (or a run's) up to the last one now, in execution order."""
+    async def csv(self, storage: Storage, slot: Slot, run_id: int | None,
+                  station: str | None = None) -> ExportResponse:
+        """Every operation (or a run's; of ``station`` if given) up to the last one now, in
+        execution order."""
         upto = await self.run(storage.last_operation_id)
         return ExportResponse(
-            self._csv_chunks(storage, run_id, upto),
+            self._csv_chunks(storage, run_id, upto, station),
             slot=slot,
             send_timeout=self.settings.send_timeout_s,
             media_type="text/csv",
@@ -151,23 +153,23 @@ class ExportPool:
         )
 
     async def _csv_chunks(self, storage: Storage, run_id: int | None,
-                          upto: int) -> AsyncIterator[bytes]:
+                          upto: int, station: str | None) -> AsyncIterator[bytes]:
         yield (",".join(OPERATION_COLUMNS) + "\n").encode()
         after = 0
         while True:
             text, last = await self.run(_csv_page, storage, after, upto, run_id,
-                                        self.settings.page_rows)
+                                        self.settings.page_rows, station)
             if last is None:
                 return
             after = last
             yield text
 
     async def hdf5(self, storage: Storage, slot: Slot, *, rows: int, cols: int, backend: str,
-                   run_id: int | None) -> ExportResponse:
+                   run_id: int | None, station: str) -> ExportResponse:
         """The log (or a run) as an HDF5 file (:mod:`service.export_hdf5`), written on the pool
         from a snapshot, then sent from the pool."""
         fd, size, upto = await self.run(
-            _write_hdf5, storage, self.settings.temp_dir, rows, cols, backend, run_id,
+            _write_hdf5, storage, self.settings.temp_dir, rows, cols, backend, run_id, station,
             abandoned=lambda made: os.close(made[0]),
         )
         name = "memprog-operations.h5" if run_id is None else f"memprog-run-{run_id}.h5"
@@ -234,9 +236,9 @@ class ExportResponse(StreamingResponse):
 
 
 def _csv_page(storage: Storage, after: int, upto: int, run_id: int | None,
-              rows: int) -> tuple[bytes, int | None]:
+              rows: int, station: str | None) -> tuple[bytes, int | None]:
     """One page of the CSV export (on the pool): its text and its last id (None: no more)."""
-    page = storage.operations_page(after, upto, run_id, rows)
+    page = storage.operations_page(after, upto, run_id, rows, station)
     if not page:
         return b"", None
     buffer = io.StringIO()
@@ -245,7 +247,7 @@ def _csv_page(storage: Storage, after: int, upto: int, run_id: int | None,
 
 
 def _write_hdf5(storage: Storage, temp_dir: Path | None, rows: int, cols: int, backend: str,
-                run_id: int | None) -> tuple[int, int, int]:
+                run_id: int | None, station: str) -> tuple[int, int, int]:
     """On the pool: the HDF5 file of a snapshot of the log, open for reading — its descriptor,
     its size in bytes — and the snapshot's last operation id. The files are removed before
     it returns (the descriptor keeps the HDF5 file's data until it is closed)."""
@@ -255,7 +257,7 @@ def _write_hdf5(storage: Storage, temp_dir: Path | None, rows: int, cols: int, b
         upto = storage.snapshot(copy)
         path = Path(work) / "export.h5"
         export_hdf5.write_hdf5(Snapshot(copy), path, rows=rows, cols=cols, backend=backend,
-                               run_id=run_id)
+                               run_id=run_id, station=station)
         fd = os.open(path, os.O_RDONLY)
         return fd, os.fstat(fd).st_size, upto
     finally:

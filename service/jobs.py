@@ -72,6 +72,7 @@ def job_record(row: dict, abort_requested: bool = False) -> JobRecord:
         submitted_by=row["submitted_by"],
         abort_requested=abort_requested and row["status"] not in TERMINAL,
         error=row["error"],
+        station=row["station"],
     )
 
 
@@ -151,6 +152,14 @@ class JobManager:
                 self._unstored.clear()  # the database has it all again
             return self._unstored.get(job_id)
 
+    def running_id(self) -> int | None:
+        """The id of the job running now on this station, None if none is."""
+        with self._lock:
+            for job_id, handle in self._active.items():
+                if handle.row["status"] == "running":
+                    return job_id
+        return None
+
     async def get(self, job_id: int) -> JobRecord | None:
         # An active job's row is kept in step with the stored one: no query (nor a failing
         # one while the database is gone).
@@ -165,8 +174,10 @@ class JobManager:
             return None
         return job_record(row, requested)
 
-    async def list(self, limit: int, offset: int) -> list[JobRecord]:
-        rows = await asyncio.to_thread(self.storage.list_jobs, limit, offset)
+    async def list(self, limit: int, offset: int, station: str | None = None
+                   ) -> list[JobRecord]:
+        """Jobs, newest first; of ``station`` only if given (None: every station's)."""
+        rows = await asyncio.to_thread(self.storage.list_jobs, limit, offset, station)
         rows = [self._unstored_row(row["id"]) or row for row in rows]
         with self._lock:
             requested = {i for i, h in self._active.items() if h.abort is not None}

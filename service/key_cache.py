@@ -22,6 +22,9 @@ MISS_WAIT_S = 1.0
 """s a request with a key the cache does not know waits at most for that reload."""
 
 
+_RELOAD_FAILS: tuple[type[BaseException], ...] = (*db.Error, OSError)
+
+
 class KeyCache:
     """The valid keys, in memory: what authenticates requests.
 
@@ -41,13 +44,31 @@ class KeyCache:
         self._reload: asyncio.Future | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="key-cache")
         self.error: str | None = None
+        self._uses: dict[int, tuple[float, float, int]] = {}  # since the last reload
+
+    def note_use(self, principal: Principal) -> None:
+        """Count a request ``principal``'s key authenticated (written with the next reload,
+        as this station's key use)."""
+        if principal.key_id is None:
+            return
+        now = time.time()
+        first, _, n = self._uses.get(principal.key_id, (now, now, 0))
+        self._uses[principal.key_id] = (first, now, n + 1)
 
     def load(self) -> None:
-        """Reload now, on this thread."""
+        """Reload now, on this thread (and write the key uses counted since the last one)."""
         self._tried_at = time.monotonic()
         try:
+            uses, self._uses = self._uses, {}
+            try:
+                self.store.record_uses(self.store.db.station, uses)
+            except BaseException:
+                for key_id, (first, last, n) in uses.items():  # kept for the next reload
+                    f2, l2, n2 = self._uses.get(key_id, (first, last, 0))
+                    self._uses[key_id] = (min(first, f2), max(last, l2), n + n2)
+                raise
             keys = self.store.valid_keys()
-        except (db.Error, OSError) as exc:
+        except _RELOAD_FAILS as exc:
             self.error = f"{type(exc).__name__}: {exc}"
             return
         self._by_hash = dict(keys)
@@ -72,6 +93,7 @@ class KeyCache:
         """The holder of ``key``; for a key not known yet, after a bounded reload."""
         principal = self.known(key)
         if principal is not None:
+            self.note_use(principal)
             return principal
         asked = time.monotonic()
         try:
@@ -81,7 +103,10 @@ class KeyCache:
                     await self.reload()
         except TimeoutError:
             pass
-        return self.known(key)
+        principal = self.known(key)
+        if principal is not None:
+            self.note_use(principal)
+        return principal
 
     async def keep_fresh(self) -> None:
         """Reload every :data:`KEY_REFRESH_S` s until cancelled (a task of the service)."""

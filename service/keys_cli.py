@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from service.store import db
+from service.store.database import is_postgres
 from service.store.keys import SCOPES, KeyStore
 
 
@@ -61,10 +62,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _store(args: argparse.Namespace) -> KeyStore:
     create = getattr(args, "create_database", False)
     if args.database is not None:
-        return KeyStore(Path(args.database), create=create)
+        target = args.database if is_postgres(args.database) else Path(args.database)
+        return KeyStore(target, create=create)
     from service.config import load_settings
 
-    return KeyStore(load_settings(args.config).database, create=create)
+    settings = load_settings(args.config)
+    return KeyStore(settings.database, create=create, station=settings.station)
 
 
 def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -97,7 +100,8 @@ def _create(args: argparse.Namespace) -> int:
         print(f"memprog keys create: {exc}", file=sys.stderr)
         return 2
     print(
-        f"created key {key_id} '{args.name.strip()}' with scope '{args.scope}' in {store.path}; "
+        f"created key {key_id} '{args.name.strip()}' with scope '{args.scope}' in "
+        f"{store.db.describe()}; "
         "it is shown only now (only its hash is stored):",
         file=sys.stderr,
     )

@@ -181,8 +181,9 @@ class _StateCollector(Collector):
 class MeteredStorage(Storage):
     """The storage, counting what it records (on the backend owner's thread)."""
 
-    def __init__(self, path: str | Path, metrics: Metrics, backend_kind: str | None = None):
-        super().__init__(path, backend_kind)
+    def __init__(self, target: str | Path, metrics: Metrics, backend_kind: str | None = None,
+                 *, station: str | None = None, state_dir: str | Path | None = None):
+        super().__init__(target, backend_kind, station=station, state_dir=state_dir)
         self.metrics = metrics
         self._strategy: dict[int, str] = {}
 

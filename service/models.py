@@ -105,6 +105,11 @@ class HealthResponse(BaseModel):
     )
     queued: int = Field(description="Backend jobs waiting or running right now.")
     version: str = Field(description="memprog version.")
+    station: str = Field(description="This service's station name (MEMPROG_STATION).")
+    database: str = Field(
+        description="The store: 'sqlite' (a file on this machine) or 'postgresql' (shared by "
+        "the lab's stations)."
+    )
 
 
 # -------------------------------------------------------------------------------------- array
@@ -312,6 +317,7 @@ class RunSummary(BaseModel):
     n_converged: int | None = Field(description="Cells converged (null in one shot or unfinished).")
     total_pulses: int | None = Field(description="Pulses fired (null if unfinished).")
     error: str | None = Field(description="Why the run failed, else null.")
+    station: str = Field(description="The station whose bench ran it (MEMPROG_STATION).")
 
 
 class RunList(BaseModel):
@@ -373,6 +379,37 @@ class JobRecord(BaseModel):
         description="An abort was asked for and takes effect before the next pulse."
     )
     error: str | None = Field(description="Why it failed, was aborted or interrupted; else null.")
+    station: str = Field(
+        description="The station that runs it (MEMPROG_STATION): only that station runs, "
+        "recovers or aborts it."
+    )
+
+
+class StationRecord(BaseModel):
+    """A station as its last heartbeat described it."""
+
+    name: str = Field(description="Station name (MEMPROG_STATION).")
+    backend: str | None = Field(description="simulated | hardware.")
+    instruments: dict[str, str] | None = Field(
+        description="Instrument role → identity (*IDN? answer, or the simulator's).")
+    started: float | None = Field(description="When its service started, Unix time, s.")
+    heartbeat: float = Field(description="Its last heartbeat, Unix time, s.")
+    age_s: float = Field(description="Seconds since its last heartbeat, s.")
+    silent: bool = Field(
+        description="It missed three heartbeats: stopped, crashed or cut off from the database.")
+    running_job: int | None = Field(description="The job it was running then, else null.")
+    health: dict[str, object] | None = Field(
+        description="Its health then: status ok | degraded | unavailable, log, queued, "
+        "heartbeat_s (s between its beats).")
+    version: str | None = Field(description="Its memprog version.")
+    host: str | None = Field(description="Host name of its machine.")
+    pid: int | None = Field(description="Its service's process id.")
+    listen: str | None = Field(description="Where its API answers.")
+
+
+class StationList(BaseModel):
+    this_station: str = Field(description="The station answering this request.")
+    stations: list[StationRecord] = Field(description="Every station, by name.")
 
 
 class JobList(BaseModel):

@@ -103,3 +103,18 @@ class ModelList(BaseModel):
 class ActivateRequest(_Model):
     model: str = Field(description="Id of the model to activate (GET /predictor/models).",
                        examples=["shipped"])
+
+
+class Activation(BaseModel):
+    """A model made active on a station (recorded in the log's ``model_activations``)."""
+
+    id: int = Field(description="Activation identifier.")
+    time: float = Field(description="When, Unix time, s.")
+    station: str = Field(description="The station whose active model it became.")
+    model: str = Field(description="The model file made active.")
+    fingerprint: str | None = Field(description="The model's fingerprint (SHA-256 based).")
+    reason: str = Field(description="Why: the API, or the calibration that made it.")
+
+
+class ActivationList(BaseModel):
+    activations: list[Activation] = Field(description="Newest first.")

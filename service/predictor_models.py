@@ -18,13 +18,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from predictor import strategy
 from predictor.adapted import read_adapted
 from predictor.runtime import DEFAULT_MODEL, read_metadata
+
+log = logging.getLogger("memprog.models")
 
 SHIPPED = "shipped"
 """The id of the network shipped with memprog."""
@@ -42,6 +46,9 @@ class ModelRegistry:
         self.dir = Path(models_dir)
         self.configured = Path(configured) if configured is not None else None
         self.start_error: str | None = None  # why the active model could not be loaded
+        self.on_activate: Callable[[str, str | None, str], None] | None = None
+        """Called after an activation with (model file, fingerprint, reason): the service
+        records it in the log (``model_activations``, with the station)."""
 
     # --------------------------------------------------------------------------- the files
     def path_of(self, model_id: str) -> Path:
@@ -122,13 +129,19 @@ class ModelRegistry:
                                 f"({status.get('error')}); using the configured model")
         return strategy.startup(self.configured)
 
-    def activate(self, model_id: str) -> dict:
+    def activate(self, model_id: str, reason: str = "activated through the API") -> dict:
         """Load the model ``model_id`` and make it the active one (kept across restarts). A
-        model that does not load leaves the active one in place (the error propagates)."""
+        model that does not load leaves the active one in place (the error propagates). The
+        activation is recorded with the station (``on_activate``, set by the service)."""
         path = self.path_of(model_id)
         status = strategy.reload(path)  # raises before anything changes if it cannot load
         self._point_to(path)
         self.start_error = None
+        if self.on_activate is not None:
+            try:
+                self.on_activate(str(path), status.get("fingerprint"), reason)
+            except Exception as exc:  # the model is active; only its record is missing
+                log.warning("model activation of %s not recorded: %s", path, exc)
         return status
 
     def _point_to(self, path: Path) -> None:

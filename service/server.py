@@ -13,6 +13,7 @@ from service.app import create_app
 from service.auth import exposure_problem
 from service.config import load_settings
 from service.store import dblock
+from service.store.database import open_database
 from service.store.keys import KeyStore
 
 GRACEFUL_SHUTDOWN_S = 3.0
@@ -54,13 +55,14 @@ def serve(
     try:
         # Before the backend is opened: a second service must not touch the bench either.
         # The storage adopts this lock and releases it when it closes.
-        reservation = dblock.reserve(settings.database, listen)
+        database = open_database(settings.database, settings.station, settings.state_dir)
+        reservation = dblock.reserve(database.anchor, listen)
     except (dblock.DatabaseInUse, OSError) as exc:
         print(f"memprog serve: {exc}", file=sys.stderr)
         return 2
     try:
         # create=True: the database is this service's own (the storage would create it next).
-        if settings.auth.enabled and KeyStore(settings.database, create=True).count_valid() == 0:
+        if settings.auth.enabled and KeyStore(database, create=True).count_valid() == 0:
             print(
                 "memprog serve: authentication is on but no API key exists yet: every request "
                 "but /api/v1/health answers 401 until one is created (memprog keys create)",

@@ -36,3 +36,31 @@ def api(sim_settings, client_for):
 
     with client_for(create_app(sim_settings)) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throwaway PostgreSQL server for the session (tests/pg.py); Debian's postgresql package
+    must be installed (``make test`` does it)."""
+    from tests.pg import PostgresServer
+
+    server = PostgresServer()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """A new, empty database on the session's PostgreSQL server."""
+    return postgres_server.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_target(request, tmp_path) -> str | object:
+    """Where a storage test's log lives: an SQLite file, then a PostgreSQL database (the storage
+    tests run against both stores)."""
+    if request.param == "sqlite":
+        return tmp_path / "store.db"
+    return request.getfixturevalue("postgres_url")

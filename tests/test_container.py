@@ -196,3 +196,34 @@ def test_compose_runs_the_service_against_the_emulated_bench_in_its_own_containe
     assert left == []
     assert set(run("podman", "volume", "ls", "-q", env=engine).stdout.split()) \
         <= volumes_before
+
+
+def test_the_image_is_a_station_of_a_postgresql_lab(engine, image, postgres_url):
+    """The image with MEMPROG_DATABASE=postgresql://… (the postgresql extra is in it): its key
+    and its reads go to the shared database under its station's name."""
+    import psycopg
+
+    name = f"memprog-test-pg-{os.getpid()}"
+    port = free_port()
+    try:
+        # host network: the throwaway server listens on this machine's loopback
+        run("podman", "run", "-d", "--name", name, "--network", "host",
+            "-e", f"MEMPROG_DATABASE={postgres_url}", "-e", "MEMPROG_STATION=image-station",
+            "-e", "MEMPROG_STATE_DIR=/var/lib/memprog", image,
+            "memprog", "serve", "--config", "/etc/memprog/memprog.toml",
+            "--host", "127.0.0.1", "--port", str(port), env=engine)
+        url = f"http://127.0.0.1:{port}"
+        health = wait_health(url)
+        assert health["database"] == "postgresql" and health["station"] == "image-station"
+        key = make_key(engine, name)  # in the lab's one key table
+        auth = {"Authorization": f"ApiKey {key}"}
+        assert httpx.post(f"{url}{API}/read", headers=auth,
+                          json={"cells": [[0, 0], [1, 1]]}).status_code == 200
+        stations = httpx.get(f"{url}{API}/stations", headers=auth).json()["stations"]
+        assert [s["name"] for s in stations] == ["image-station"]
+        with psycopg.connect(postgres_url) as conn:
+            assert conn.execute("SELECT station, COUNT(*) FROM operations GROUP BY station"
+                                ).fetchall() == [("image-station", 2)]
+            assert conn.execute("SELECT COUNT(*) FROM api_keys").fetchone() == (1,)
+    finally:
+        run("podman", "rm", "-f", "-t", "5", name, check=False, env=engine)

@@ -292,3 +292,40 @@ def test_dashboard_says_hardware_on_a_bench(browser, tmp_path):
         with contextlib.closing(sqlite3.connect(tmp_path / "memprog.db")) as db:
             assert db.execute("SELECT COUNT(*) FROM operations").fetchone()[0] == 0
     assert not errors, errors
+
+
+def test_dashboard_selects_a_station_of_a_shared_database_and_marks_a_silent_one(
+        browser, tmp_path, postgres_url):
+    """Two stations on one PostgreSQL database: the page shows its own station's map, switches
+    to the other's with the selector, and marks a station that stopped beating."""
+    errors: list[str] = []
+
+    def station(name: str) -> ServerProcess:
+        env = server_env(tmp_path / name, MEMPROG_DATABASE=postgres_url, MEMPROG_STATION=name,
+                         MEMPROG_STATE_DIR=str(tmp_path / name), MEMPROG_HEARTBEAT_S="0.5")
+        (tmp_path / name).mkdir()
+        return ServerProcess(env, log_path=tmp_path / f"{name}.log")
+
+    with station("bench-a") as a, station("bench-b") as b, \
+            httpx.Client(base_url=a.url, timeout=60) as api_a, \
+            httpx.Client(base_url=b.url, timeout=60) as api_b:
+        assert api_a.post(f"{API}/read", json={"cells": [[0, 0], [0, 1]]}).status_code == 200
+        assert api_b.post(f"{API}/read", json={"cells": [[r, 0] for r in range(5)]}
+                          ).status_code == 200
+        page = new_page(browser, errors)
+        page.goto(a.url + "/", wait_until="domcontentloaded")
+        page.wait_for_selector("#station-picker:not([hidden])", timeout=15_000)
+        options = page.eval_on_selector_all("#station-select option", "os => os.map(o => o.value)")
+        assert options == ["bench-a", "bench-b"]
+        assert page.input_value("#station-select") == "bench-a"
+        page.wait_for_selector('#heatmap[data-cells="2"]', timeout=15_000)  # its own reads
+
+        page.select_option("#station-select", "bench-b")
+        page.wait_for_selector('#heatmap[data-cells="5"]', timeout=15_000)  # the other's
+
+        b.stop()  # bench-b stops beating: silent after three missed beats
+        page.wait_for_function(
+            "[...document.querySelectorAll('#station-select option')].some("
+            "o => o.value === 'bench-b' && o.textContent.includes('SILENT'))", timeout=20_000)
+        page.close()
+    assert not errors, errors

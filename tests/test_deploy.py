@@ -443,7 +443,7 @@ def guide_commands(text: str) -> list[list[str]]:
         if not fenced:
             continue
         line = line.split(" #", 1)[0].strip()
-        match = re.search(r"(?:^|\s|/)(memprog\s+(?:serve|keys|emulate|train|bench)\b.*)", line)
+        match = re.search(r"(?:^|\s|/)(memprog\s+(?:serve|keys|emulate|train|bench|db)\b.*)", line)
         if match:
             commands.append(shlex.split(match.group(1)))
     return commands
@@ -454,7 +454,7 @@ def test_operations_guide_commands_and_endpoints_exist(sim_settings):
 
     text = (DEPLOY / "OPERATIONS.md").read_text()
     commands = guide_commands(text)
-    assert {c[1] for c in commands} >= {"keys", "train"}
+    assert {c[1] for c in commands} >= {"keys", "train", "db"}
     for command in commands:
         cli_args(command)  # SystemExit (a wrong option) fails the test
     assert {c[2] for c in commands if c[1] == "keys"} == {"list", "create", "revoke"}

@@ -13,8 +13,9 @@ from service.benchmark_memory import run_scenario
 from service.store import Storage
 
 
-def test_storage_round_trip_keeps_keys_apart_and_nan_keeps_the_old_value(tmp_path):
-    storage = Storage(tmp_path / "m.db", backend_kind="simulated")
+def test_storage_round_trip_keeps_keys_apart_and_nan_keeps_the_old_value(store_target,
+                                                                           tmp_path):
+    storage = Storage(store_target, backend_kind="simulated", state_dir=tmp_path)
     rows, cols = np.array([0, 0, 3, 7]), np.array([0, 5, 2, 7])
     assert np.isnan(storage.device_memory("a", rows, cols)).all()
     storage.save_device_memory("a", rows, cols, np.array([0.1, np.nan, -0.5, 0.9]), run_id=None)

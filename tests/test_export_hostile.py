@@ -20,6 +20,7 @@ import socket
 import sqlite3
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 
 import h5py
@@ -40,19 +41,23 @@ before the fix, and stayed so."""
 
 pytestmark = pytest.mark.slow
 
+STATION = "hostile-bench"
+
 
 def preload(database: Path, n_ops: int) -> None:
     """A database holding ``n_ops`` reads (so an export takes a while and outgrows the socket
     buffers), made before the service opens it."""
     from service.store import Storage
 
-    Storage(database).close()
+    Storage(database, station=STATION).close()
     t0 = time.time() - n_ops * 1e-3
-    with sqlite3.connect(database) as conn:
+    # closing(): `with` alone only commits; the connection must be closed before the last one
+    # below (else a reference cycle keeps it open until the collector runs, and the WAL stays)
+    with closing(sqlite3.connect(database)) as conn, conn:
         conn.executemany(
             "INSERT INTO operations (time, kind, row, col, voltage, width, conductance, "
-            "current, compliance, run_id, backend) "
-            "VALUES (?, 'read', ?, ?, 0.2, NULL, ?, 4e-5, 0, NULL, 'simulated')",
+            "current, compliance, run_id, backend, station) "
+            f"VALUES (?, 'read', ?, ?, 0.2, NULL, ?, 4e-5, 0, NULL, 'simulated', '{STATION}')",
             ((t0 + i * 1e-3, (i // COLS) % ROWS, i % COLS, 2e-4 + i * 1e-12)
              for i in range(n_ops)),
         )
@@ -66,6 +71,7 @@ def serve(tmp_path: Path, database: Path, **env: str) -> ServerProcess:
         "MEMPROG_SIM__COLS": str(COLS),
         "MEMPROG_SIM__SEED": "5",
         "MEMPROG_DATABASE": str(database),
+        "MEMPROG_STATION": STATION,
         **env,
     }, log_path=tmp_path / "server.log", startup_timeout=120)
 

@@ -71,6 +71,10 @@ def active(http: httpx.Client) -> str:
 
 
 @pytest.mark.slow
+def health_station(http: httpx.Client) -> str:
+    return http.get(f"{API}/health").json()["station"]
+
+
 def test_a_foreign_population_is_seen_calibrated_activated_and_kept_across_a_restart(tmp_path):
     env = env_for(tmp_path, population(tmp_path))
     with ServerProcess(env, log_path=tmp_path / "server-1.log") as server, \
@@ -123,6 +127,12 @@ def test_a_foreign_population_is_seen_calibrated_activated_and_kept_across_a_res
         refused = http.post(f"{API}/predictor/activate", json={"model": "broken.json"})
         assert refused.status_code == 422 and "schema" in refused.json()["detail"]
         assert active(http) == calibrated
+        # every activation is in the log, with the station and the reason, newest first
+        log = http.get(f"{API}/predictor/activations").json()["activations"]
+        assert [(a["fingerprint"], a["reason"].split(":")[0]) for a in log] == [
+            (calibrated, "activated through the API"), (shipped, "activated through the API"),
+            (calibrated, f"calibration {cal['id']}")]
+        assert {a["station"] for a in log} == {health_station(http)}
 
 
 @pytest.mark.slow

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import sqlite3
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,7 +82,7 @@ def make_job(n=64, *, seed=0, budget=100, strategy="ispp", verify=True, trace=Fa
 
 
 def operations(storage: Storage, run_id: int) -> list[tuple]:
-    with sqlite3.connect(storage.path) as conn:
+    with storage.db.reading() as conn:
         return conn.execute(
             "SELECT kind, row, col, voltage, width, conductance FROM operations "
             "WHERE run_id = ? ORDER BY id",
@@ -90,8 +91,8 @@ def operations(storage: Storage, run_id: int) -> list[tuple]:
 
 
 @pytest.fixture
-def storage(tmp_path):
-    store = Storage(tmp_path / "ops.db", "simulated")
+def storage(store_target):
+    store = Storage(store_target, "simulated", state_dir=Path(tempfile.mkdtemp()))
     yield store
     store.close()
 

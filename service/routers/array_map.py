@@ -13,11 +13,11 @@ import asyncio
 import math
 
 import numpy as np
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from service.deps import StateDep
+from service.deps import StateDep, StationFilter
 from service.state import ServiceState
 from service.store import Storage
 
@@ -42,6 +42,8 @@ class ConductanceMap(BaseModel):
         description="Time of the newest read in the map, Unix time, s; null when no cell was "
         "ever read."
     )
+    station: str = Field(description="The station whose array this is (station=, default: "
+                         "this service's).")
     last_operation_id: int = Field(
         description="Id of the newest operation (pulse or read) in the log when the map was "
         "made; a client can compare it between polls to see whether anything happened."
@@ -71,13 +73,14 @@ class LastReads:
             grown[:old_rows, :old_cols] = old
             setattr(self, name, grown)
 
-    def update(self, storage: Storage) -> int:
-        """Fold in every read recorded since the last call; returns the newest operation id."""
+    def update(self, storage: Storage, station: str) -> int:
+        """Fold in every read of ``station`` recorded since the last call; returns the newest
+        operation id."""
         newest = storage.last_operation_id()
         if newest < self.last_id:  # the database was replaced (restored from a backup)
             self._reset()
         while True:
-            batch = storage.reads_after(self.last_id)
+            batch = storage.reads_after(self.last_id, station=station)
             if not batch:
                 break
             ops = np.array([(r, c, g, t) for _, r, c, g, t in batch], dtype=float)
@@ -100,12 +103,13 @@ def _nullable(matrix: np.ndarray) -> list[list[float | None]]:
     return [[None if math.isnan(v) else v for v in row] for row in matrix.tolist()]
 
 
-def _last_reads(request: Request) -> LastReads:
-    cache = getattr(request.app.state, "memprog_last_reads", None)
-    if cache is None:
-        cache = LastReads()
-        request.app.state.memprog_last_reads = cache
-    return cache
+def _last_reads(request: Request, station: str) -> LastReads:
+    caches = getattr(request.app.state, "memprog_last_reads", None)
+    if caches is None:
+        caches = request.app.state.memprog_last_reads = {}
+    if station not in caches:
+        caches[station] = LastReads()
+    return caches[station]
 
 
 def geometry(state: ServiceState, fallback: tuple[int, int]) -> tuple[int, int]:
@@ -122,15 +126,22 @@ def geometry(state: ServiceState, fallback: tuple[int, int]) -> tuple[int, int]:
     response_model=ConductanceMap,
     summary="Last known conductance of every cell (from the log; touches no hardware)",
 )
-async def conductance_map(request: Request, state: StateDep) -> Response:
+async def conductance_map(request: Request, state: StateDep, station: StationFilter
+                          ) -> Response:
     """The conductance of every cell at its most recent recorded read (any read: /read,
     /pulse with read_after, the verify reads of /program and of jobs), in siemens, with
-    the time of that read; null where a cell was never read. Made from SQLite only: the
+    the time of that read; null where a cell was never read. Made from the log only: the
     backend is not asked anything, so this is safe to poll while a job runs."""
-    cache = _last_reads(request)
+    if station is None:
+        raise HTTPException(status_code=422, detail=[{
+            "loc": ["query", "station"], "type": "value_error",
+            "msg": "a conductance map is of one station's array: name a station, not '*'"}])
+    cache = _last_reads(request, station)
     async with cache.lock:
-        newest = await run_in_threadpool(cache.update, state.storage)
-        rows, cols = geometry(state, cache.conductance.shape)
+        newest = await run_in_threadpool(cache.update, state.storage, station)
+        own = station == state.settings.station
+        rows, cols = geometry(state, cache.conductance.shape) if own \
+            else cache.conductance.shape
         conductance, read_at = cache.snapshot(rows, cols)
     known = ~np.isnan(read_at)
     body = ConductanceMap(
@@ -142,5 +153,6 @@ async def conductance_map(request: Request, state: StateDep) -> Response:
         cells_read=int(np.count_nonzero(known)),
         updated_at=float(read_at[known].max()) if known.any() else None,
         last_operation_id=newest,
+        station=station,
     )
     return Response(content=body.model_dump_json(), media_type="application/json")

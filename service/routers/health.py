@@ -43,4 +43,6 @@ async def health(state: StateDep) -> HealthResponse:
         predictor=predictor_strategy.status(),  # live: with the model's fit to the devices
         queued=state.owner.queued,
         version=_version(),
+        station=storage.station,
+        database=storage.db.kind,
     )

@@ -15,7 +15,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import StreamingResponse
 
 from service.auth import ProgramKey, ReadKey
-from service.deps import StateDep
+from service.deps import StateDep, StationFilter
 from service.jobs import TERMINAL, JobManager
 from service.models import ErrorResponse, JobList, JobRecord, JobRequest
 from service.request_helpers import program_job
@@ -62,10 +62,11 @@ async def create_job(
 async def list_jobs(
     request: Request,
     _: ReadKey,
+    station: StationFilter,
     limit: Annotated[int, Query(ge=1, le=1000, description="Jobs per page.")] = 100,
     offset: Annotated[int, Query(ge=0, le=2**62, description="Jobs to skip.")] = 0,
 ) -> JobList:
-    return JobList(jobs=await _jobs(request).list(limit, offset))
+    return JobList(jobs=await _jobs(request).list(limit, offset, station))
 
 
 @router.get(
@@ -83,7 +84,8 @@ async def get_job(job_id: JobId, request: Request, _: ReadKey) -> JobRecord:
     response_model=JobRecord,
     responses={
         **NOT_FOUND,
-        409: {"model": ErrorResponse, "description": "The job has already ended."},
+        409: {"model": ErrorResponse,
+              "description": "The job has already ended, or runs on another station."},
     },
     summary="Abort a job",
 )
@@ -99,6 +101,13 @@ async def abort_job(job_id: JobId, request: Request, _: ProgramKey) -> JobRecord
     record = await jobs.get(job_id)
     if record is None:
         raise HTTPException(status_code=404, detail=f"job {job_id} not found")
+    own = request.app.state.memprog.settings.station
+    if record.station != own and record.status not in TERMINAL:
+        raise HTTPException(
+            status_code=409,
+            detail=f"job {job_id} runs on station {record.station!r}, not on this one ({own!r}): "
+                   "a station aborts only its own jobs; ask that station (or its emergency stop)",
+        )
     raise HTTPException(status_code=409, detail=f"job {job_id} has already ended: {record.status}")
 
 

@@ -1,6 +1,7 @@
 """GET /predictor: the active pulse-predictor model; POST /predictor/reload: read its file
 again; GET /predictor/models: the station's models with their lineage; POST /predictor/activate:
-switch to one of them (and back).
+switch to one of them (and back); GET /predictor/activations: which model each station made
+active, when and why.
 
 Reloading reads the active model's file again (by default the configured ``predictor.path``,
 else the model shipped in ``predictor/models/default.onnx``), e.g. after ``memprog train --out``
@@ -11,11 +12,20 @@ active: :mod:`service.predictor_models`.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from starlette.concurrency import run_in_threadpool
 
 from predictor import strategy
-from service.deps import StateDep
-from service.models_calibration import ActivateRequest, ModelInfo, ModelList
+from service.deps import StateDep, StationFilter
+from service.models_calibration import (
+    ActivateRequest,
+    Activation,
+    ActivationList,
+    ModelInfo,
+    ModelList,
+)
 from service.predictor_models import ModelNotFound, ModelRegistry
 
 router = APIRouter(tags=["predictor"])
@@ -82,3 +92,16 @@ async def activate(body: ActivateRequest, request: Request, state: StateDep) -> 
                             f"still in use: {strategy.status().get('fingerprint')}") from exc
     state.predictor = out
     return out
+
+
+@router.get("/predictor/activations", response_model=ActivationList,
+            summary="Which model each station made active, when and why (newest first)")
+async def activations(state: StateDep, station: StationFilter,
+                      limit: Annotated[int, Query(ge=1, le=1000,
+                                                  description="Activations to list.")] = 100,
+                      ) -> ActivationList:
+    """Every model activation recorded in the log: this station's by default, another's with
+    ``station=NAME``, every station's with ``station=*``. ``reason``: ``activated through the
+    API``, or ``calibration <id>: ...`` when a calibration made its adapted model active."""
+    rows = await run_in_threadpool(state.storage.list_activations, station, limit)
+    return ActivationList(activations=[Activation(**row) for row in rows])

@@ -11,7 +11,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
 from service import export_hdf5, exports
-from service.deps import StateDep, StorageDep
+from service.deps import StateDep, StationFilter, StorageDep
 from service.models import CellResult, ErrorResponse, RunDetail, RunList, RunSummary
 
 # The export pool lives and dies with the application (this lifespan runs inside the app's).
@@ -24,10 +24,11 @@ SQL_INT_MAX = 2**63 - 1
 @router.get("/runs", response_model=RunList, summary="Programming runs, newest first")
 def list_runs(
     storage: StorageDep,
+    station: StationFilter,
     limit: Annotated[int, Query(ge=1, le=1000, description="Runs per page.")] = 100,
     offset: Annotated[int, Query(ge=0, le=SQL_INT_MAX, description="Runs to skip.")] = 0,
 ) -> RunList:
-    return RunList(runs=[RunSummary(**run) for run in storage.list_runs(limit, offset)])
+    return RunList(runs=[RunSummary(**run) for run in storage.list_runs(limit, offset, station)])
 
 
 @router.get(
@@ -75,6 +76,7 @@ async def export(
     request: Request,
     storage: StorageDep,
     state: StateDep,
+    station: StationFilter,
     format: Annotated[
         Literal["csv", "hdf5"],
         Query(description="csv: one line per operation; hdf5: per-cell time series."),
@@ -85,7 +87,9 @@ async def export(
 ) -> Response:
     """Every pulse and read, as the log stood when the request came: the id of the last
     operation then is in the ``X-Memprog-Last-Operation-Id`` header (and the HDF5 file's
-    ``last_operation_id`` attribute); what is recorded meanwhile is not in it.
+    ``last_operation_id`` attribute); what is recorded meanwhile is not in it. This station's
+    operations by default; ``station=NAME`` another's, ``station=*`` every station's (csv only:
+    an HDF5 file maps one station's array).
 
     At most ``exports.max_in_progress`` exports at once (``MEMPROG_EXPORTS__MAX_IN_PROGRESS``,
     default 4), each until its last byte is sent: one more is answered 429 with Retry-After.
@@ -96,7 +100,8 @@ async def export(
     voltage (V; the read voltage for reads), width (s; empty for reads), conductance (S; empty
     for pulses), current (A; empty for pulses), compliance (1 if tripped; empty for pulses),
     run_id (empty outside /program), backend (simulated|hardware), note (e.g. ``uncertain:
-    ...`` for a pulse whose trigger went out on a bench that then failed to confirm it).
+    ...`` for a pulse whose trigger went out on a bench that then failed to confirm it),
+    station (the station whose bench did it).
 
     **hdf5** (``memprog-operations.h5``), laid out like ArC TWO's data store: one group per
     cell, ``/crosspoints/W{row:02d}B{col:02d}``, holding an appendable ``timeseries`` of the
@@ -105,6 +110,11 @@ async def export(
     not apply); ``/crossbar/conductance`` (S), ``current`` (A), ``v_read`` (V) and ``read_at``
     (Unix s): each cell's last read, NaN if never read; ``/runs``: the runs. Every dataset
     carries its units as attributes; the root carries the backend kind and creation time."""
+    if format == "hdf5" and station is None:
+        raise HTTPException(status_code=422, detail=[{
+            "loc": ["query", "station"], "type": "value_error",
+            "msg": "an HDF5 export maps one station's array: name a station, not '*' "
+                   "(format=csv exports every station's operations)"}])
     try:
         pool = exports.pool_of(request.app)
         slot = pool.acquire()
@@ -115,7 +125,7 @@ async def export(
         raise HTTPException(status_code=503, detail=str(exc)) from None
     try:
         if format == "csv":
-            return await pool.csv(storage, slot, run_id)
+            return await pool.csv(storage, slot, run_id, station)
         info = state.owner.info
         return await pool.hdf5(
             storage,
@@ -124,6 +134,7 @@ async def export(
             cols=info.cols if info is not None else 0,
             backend=info.kind if info is not None else state.configured_kind,
             run_id=run_id,
+            station=station or state.settings.station,  # never None: refused above
         )
     except exports.ExportsClosed as exc:
         slot.release()

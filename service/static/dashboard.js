@@ -2,6 +2,7 @@
  *
  * Talks to this service's /api/v1 only:
  *   GET  /health               banner (SIMULATED / HARDWARE + instrument identities)
+ *   GET  /stations             the station selector (a lab's stations on one database)
  *   GET  /array/map            last known conductance of each cell (from the log: no read fired)
  *   GET  /jobs, /jobs/{id}     job records; GET /jobs/{id}/events: SSE "progress" events
  *   POST /jobs/{id}/abort, /emergency-stop
@@ -36,7 +37,15 @@ const state = {
   map: null,
   lastMapOpId: -1,
   lastRunsSignature: "",
+  ownStation: null,      // this service's station (from /health)
+  station: null,         // the station whose log the page shows (the selector); null: own
 };
+
+// ?station= for the log's reads: nothing for this service's own station (the default).
+function stationParam(separator) {
+  return state.station && state.station !== state.ownStation
+    ? `${separator}station=${encodeURIComponent(state.station)}` : "";
+}
 
 const $ = (id) => document.getElementById(id);
 
@@ -153,6 +162,52 @@ async function refreshHealth() {
     ? `predictor ${health.predictor.name} ${health.predictor.version || ""}` : "no predictor";
   $("service-status").textContent =
     `v${health.version} · ${health.queued} in the backend queue · ${predictor}`;
+  state.ownStation = health.station;
+  await refreshStations();
+}
+
+// ------------------------------------------------------------------------------- stations
+
+// The station selector: every station of the database (GET /stations, from their heartbeats),
+// a silent one (three missed heartbeats) marked; the page's map, jobs, runs and exports follow
+// the selected station. With one station the selector stays hidden.
+async function refreshStations() {
+  let body;
+  try {
+    body = await apiJson("/stations");
+  } catch (error) {
+    if (error instanceof AuthError) throw error;
+    return; // an older service: no fleet
+  }
+  const select = $("station-select");
+  const stations = body.stations || [];
+  const chosen = state.station || body.this_station;
+  select.replaceChildren(...stations.map((station) => {
+    const option = document.createElement("option");
+    option.value = station.name;
+    const own = station.name === body.this_station ? " (this service)" : "";
+    const silent = station.silent ? ` — SILENT ${Math.round(station.age_s)} s` : "";
+    option.textContent = `${station.name}${own}${silent}`;
+    option.className = station.silent ? "silent" : "";
+    option.selected = station.name === chosen;
+    return option;
+  }));
+  const current = stations.find((station) => station.name === chosen);
+  select.classList.toggle("silent", Boolean(current && current.silent));
+  $("station-picker").hidden = stations.length < 2;
+}
+
+function setupStations() {
+  $("station-select").addEventListener("change", () => {
+    state.station = $("station-select").value;
+    state.lastMapOpId = -1;
+    state.lastRunsSignature = "";
+    state.selectedRunId = null;
+    state.runPinned = false;
+    state.pinnedJobId = null;
+    closeStream();
+    refreshAll();
+  });
 }
 
 function setBanner(kind, title, detail) {
@@ -190,7 +245,7 @@ function formatMicro(siemens, digits = 1) {
 const MAP_MARGIN = { left: 34, top: 20, right: 6, bottom: 6 };
 
 async function refreshMap() {
-  const map = await apiJson("/array/map");
+  const map = await apiJson("/array/map" + stationParam("?"));
   state.map = map;
   state.lastMapOpId = map.last_operation_id;
   drawHeatmap();
@@ -386,7 +441,7 @@ async function refreshJobs() {
   if (!state.jobsApi) return;
   let body;
   try {
-    body = await apiJson("/jobs?limit=50");
+    body = await apiJson("/jobs?limit=50" + stationParam("&"));
   } catch (error) {
     if (error instanceof HttpError && (error.status === 404 || error.status === 405)) {
       state.jobsApi = false;
@@ -646,7 +701,7 @@ function setupJobButtons() {
 // ----------------------------------------------------------------------------------- runs
 
 async function refreshRuns(force = false) {
-  const body = await apiJson("/runs?limit=50");
+  const body = await apiJson("/runs?limit=50" + stationParam("&"));
   const runs = body.runs || [];
   const signature = runs.map((run) => `${run.id}:${run.status}`).join(",");
   if (!force && signature === state.lastRunsSignature) return;
@@ -788,7 +843,8 @@ function setupRuns() {
 function setupExport() {
   const download = async (format) => {
     const runOnly = $("export-run-only").checked && state.selectedRunId;
-    const query = `format=${format}` + (runOnly ? `&run_id=${state.selectedRunId}` : "");
+    const query = `format=${format}` + (runOnly ? `&run_id=${state.selectedRunId}` : "")
+      + stationParam("&");
     const response = await api(`/export?${query}`);
     if (!response.ok) throw new HttpError(response.status, await response.text());
     const blob = await response.blob();
@@ -838,6 +894,7 @@ function start() {
   setupJobButtons();
   setupRuns();
   setupExport();
+  setupStations();
   drawLegend(null);
   refreshAll();
   every(POLL_HEALTH_MS, refreshHealth);

@@ -36,6 +36,12 @@ CRASHED_PENDING = (
 )
 """Note of a reserved pulse found at start-up: it may or may not have been fired."""
 
+LOST_PENDING = (
+    "uncertain: recorded before firing; the database went away and lost the outcome"
+)
+"""Note of a reserved pulse still pending after the database came back (PostgreSQL: a server
+crash lost its settlement, committed asynchronously): it may or may not have been fired."""
+
 
 class LogUnavailable(RuntimeError):
     """The operation log cannot take records (a full disk, a database file moved away or
@@ -91,6 +97,8 @@ class LogParts:
     with :class:`~service.store.Storage`, which provides all of it."""
 
     path: Path
+    db: Any
+    station: str
     backend_kind: str | None
     failure: str | None
     _conn: Any
@@ -120,12 +128,11 @@ class LogParts:
         take it; a statement breaking a constraint (a bug) is raised as it is."""
         self.ensure_writable(consequence)
         try:
-            conn = db.side_writer(self.path)
+            conn = self.db.side_writer()
             try:
-                cur = conn.execute(sql, args)
+                (new_id,) = conn.execute(f"{sql} RETURNING id", args).fetchone()
                 conn.commit()
-                assert cur.lastrowid is not None  # an INSERT names its row
-                return int(cur.lastrowid)
+                return int(new_id)
             finally:
                 conn.close()
         except db.Error as exc:

@@ -16,7 +16,6 @@ import time
 
 from service.store import db
 from service.store.base import LogParts
-from service.store.db import reading, side_writer
 from service.store.schema import CALIBRATION_COLUMNS
 
 UNFINISHED = ("pulsing", "fitting")
@@ -31,8 +30,9 @@ class CalibrationStore(LogParts):
         cannot take it (nothing is started)."""
         return self._insert_now(
             "INSERT INTO calibrations (created, status, cells, pulses_per_cell, activate, "
-            "parent, submitted_by) VALUES (?, 'pulsing', ?, ?, ?, ?, ?)",
-            (time.time(), cells, pulses_per_cell, activate, parent, submitted_by),
+            "parent, submitted_by, station) VALUES (?, 'pulsing', ?, ?, ?, ?, ?, ?)",
+            (time.time(), cells, pulses_per_cell, activate, parent, submitted_by,
+             self.station),
             "the calibration was not started",
         )
 
@@ -45,7 +45,7 @@ class CalibrationStore(LogParts):
         if isinstance(fields.get("report"), dict):
             fields["report"] = json.dumps(fields["report"])
         names = list(fields)
-        conn = side_writer(self.path)
+        conn = self.db.side_writer()
         try:
             conn.execute(
                 f"UPDATE calibrations SET {', '.join(f'{n} = ?' for n in names)} "
@@ -57,7 +57,7 @@ class CalibrationStore(LogParts):
             conn.close()
 
     def get_calibration(self, calibration_id: int) -> dict | None:
-        with reading(self.path) as conn:
+        with self.db.reading() as conn:
             row = conn.execute(
                 f"SELECT {', '.join(CALIBRATION_COLUMNS)} FROM calibrations WHERE id = ?",
                 (calibration_id,),
@@ -65,12 +65,12 @@ class CalibrationStore(LogParts):
         return None if row is None else _calibration_dict(row)
 
     def list_calibrations(self, limit: int = 100, offset: int = 0) -> list[dict]:
-        """Calibrations, newest first."""
-        with reading(self.path) as conn:
+        """This station's calibrations, newest first."""
+        with self.db.reading() as conn:
             rows = conn.execute(
-                f"SELECT {', '.join(CALIBRATION_COLUMNS)} FROM calibrations "
+                f"SELECT {', '.join(CALIBRATION_COLUMNS)} FROM calibrations WHERE station = ? "
                 "ORDER BY id DESC LIMIT ? OFFSET ?",
-                (limit, offset),
+                (self.station, limit, offset),
             ).fetchall()
         return [_calibration_dict(row) for row in rows]
 

@@ -22,12 +22,21 @@ from pathlib import Path
 
 from service.store.dblock import create_private
 
-Error = sqlite3.Error
-"""What a failed statement raises (the driver's base class of errors)."""
+try:  # PostgreSQL's driver, where the postgresql extra is installed (service.store.postgres)
+    import psycopg as _psycopg
 
-Unavailable = sqlite3.OperationalError
-"""What a statement raises when the database fails (locked too long, read-only, gone, I/O);
-the service answers it 503 (:mod:`service.errors`)."""
+    _PG_ERRORS: tuple[type[Exception], ...] = (_psycopg.Error,)
+    _PG_UNAVAILABLE: tuple[type[Exception], ...] = (_psycopg.OperationalError,
+                                                     _psycopg.InterfaceError)
+except ImportError:  # pragma: no cover - SQLite only
+    _PG_ERRORS = _PG_UNAVAILABLE = ()
+
+Error: tuple[type[Exception], ...] = (sqlite3.Error, *_PG_ERRORS)
+"""What a failed statement raises (the drivers' base classes of errors), for ``except``."""
+
+Unavailable: tuple[type[Exception], ...] = (sqlite3.OperationalError, *_PG_UNAVAILABLE)
+"""What a statement raises when the database fails (locked too long, read-only, gone, I/O, a
+PostgreSQL server away); the service answers it 503 (:mod:`service.errors`)."""
 
 Row = sqlite3.Row
 """The rows of a :func:`reading` connection: by position and by column name."""
@@ -42,8 +51,12 @@ shell left in a transaction) lets it grow meanwhile, and without this it would n
 
 
 def is_fault(exc: BaseException) -> bool:
-    """Is ``exc`` the database failing (disk full, I/O, read-only, gone, corrupt) rather than a
-    statement breaking a constraint (a bug, raised as it is)?"""
+    """Is ``exc`` the database failing (disk full, I/O, read-only, gone, corrupt, a server
+    away) rather than a statement breaking a constraint (a bug, raised as it is)?"""
+    if _PG_ERRORS and isinstance(exc, _PG_ERRORS):
+        from service.store import postgres
+
+        return postgres.is_fault(exc)
     return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
 
 
@@ -123,6 +136,11 @@ def durable(conn: sqlite3.Connection) -> Iterator[None]:
         yield
     finally:
         conn.execute("PRAGMA synchronous = NORMAL")
+
+
+def new_database(dest: str | Path) -> sqlite3.Connection:
+    """A connection to a new SQLite file at ``dest`` (a copy being made: no WAL)."""
+    return sqlite3.connect(dest)
 
 
 def copy_database(path: Path, dest: str | Path) -> sqlite3.Connection:

@@ -9,12 +9,11 @@ one is kept); keys never mix (a value is read back only under the key it was sav
 from __future__ import annotations
 
 from itertools import repeat
-from pathlib import Path
 
 import numpy as np
 
-from service.store import db
 from service.store.base import LogParts, journaled
+from service.store.database import Database
 
 
 class DeviceMemory(LogParts):
@@ -26,9 +25,15 @@ class DeviceMemory(LogParts):
         rows = np.asarray(rows, dtype=np.int64).ravel()
         cols = np.asarray(cols, dtype=np.int64).ravel()
         with self._lock:
+            idle = not self._conn.in_transaction
             found = self._conn.execute(
-                "SELECT row, col, value FROM device_memory WHERE key = ?", (key,)
+                "SELECT row, col, value FROM device_memory WHERE station = ? AND key = ?",
+                (self.station, key),
             ).fetchall()
+            if idle and self._conn.in_transaction:
+                # PostgreSQL opens a transaction for a read too: end it, so that the owner
+                # holds none while the backend works (it had no writes to lose).
+                self._conn.rollback()
         out = np.full(rows.size, np.nan)
         if not found or rows.size == 0:
             return out
@@ -52,11 +57,13 @@ class DeviceMemory(LogParts):
         keep = np.isfinite(values)
         now = self._clock()
         with self._lock:
-            self._conn.executemany(
-                "INSERT INTO device_memory (key, row, col, value, updated, run_id) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key, row, col) DO UPDATE SET "
+            self.db.write_many(
+                self._conn,
+                "INSERT INTO device_memory (station, key, row, col, value, updated, run_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (station, key, row, col) DO UPDATE SET "
                 "value = excluded.value, updated = excluded.updated, run_id = excluded.run_id",
                 zip(
+                    repeat(self.station),
                     repeat(key),
                     np.asarray(rows, dtype=np.int64).ravel()[keep].tolist(),
                     np.asarray(cols, dtype=np.int64).ravel()[keep].tolist(),
@@ -67,12 +74,13 @@ class DeviceMemory(LogParts):
             )
 
 
-def forget_all(path: Path) -> int:
-    """Delete every remembered value of the database at ``path``, from a connection of its own
-    (the memory benchmark's runs without memory); the number of values deleted."""
-    conn = db.side_writer(path)
+def forget_all(database: Database) -> int:
+    """Delete every value ``database``'s station remembers, from a connection of its own (the
+    memory benchmark's runs without memory); the number of values deleted."""
+    conn = database.side_writer()
     try:
         with conn:
-            return conn.execute("DELETE FROM device_memory").rowcount
+            return int(conn.execute("DELETE FROM device_memory WHERE station = ?",
+                                    (database.station,)).rowcount)
     finally:
         conn.close()

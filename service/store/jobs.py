@@ -20,7 +20,6 @@ import time
 
 from service.store import db
 from service.store.base import LogParts, journaled, log
-from service.store.db import reading, side_writer
 from service.store.schema import JOB_COLUMNS
 
 
@@ -44,9 +43,9 @@ class JobStore(LogParts):
         (nothing queued) when the log cannot take it."""
         return self._insert_now(
             "INSERT INTO jobs (created, status, strategy, tolerance, max_pulses, verify, v_read, "
-            "total_cells, submitted_by) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
+            "total_cells, submitted_by, station) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
             (time.time(), strategy, tolerance, max_pulses, int(verify), v_read, total_cells,
-             submitted_by),
+             submitted_by, self.station),
             "the job was not queued",
         )
 
@@ -56,7 +55,7 @@ class JobStore(LogParts):
         commits, e.g. together with a programming iteration's operations)."""
         sql, args = _job_update(job_id, fields)
         with self._lock:
-            self._conn.execute(sql, args)
+            self.db.write(self._conn, sql, args)
 
     def update_job_if(self, job_id: int, statuses: tuple[str, ...], **fields: object) -> bool:
         """Any thread: set job columns if the job's status is one of ``statuses``, committed.
@@ -68,7 +67,7 @@ class JobStore(LogParts):
             return self._conn.execute(sql, (*args, *statuses)).rowcount > 0
         if self.check() is None:
             try:
-                conn = side_writer(self.path)
+                conn = self.db.side_writer()
                 try:
                     changed = conn.execute(sql, (*args, *statuses)).rowcount
                     conn.commit()
@@ -86,26 +85,31 @@ class JobStore(LogParts):
         return True
 
     def get_job(self, job_id: int) -> dict | None:
-        with reading(self.path) as conn:
+        """The job ``job_id``, whichever station runs it (``station`` says which)."""
+        with self.db.reading() as conn:
             row = conn.execute(
                 f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs WHERE id = ?", (job_id,)
             ).fetchone()
         return None if row is None else _job_dict(row)
 
-    def list_jobs(self, limit: int = 100, offset: int = 0) -> list[dict]:
-        """Jobs, newest first."""
-        with reading(self.path) as conn:
+    def list_jobs(self, limit: int = 100, offset: int = 0, station: str | None = None
+                  ) -> list[dict]:
+        """Jobs, newest first; of ``station`` only if given."""
+        where, args = ("WHERE station = ? ", (station,)) if station is not None else ("", ())
+        with self.db.reading() as conn:
             rows = conn.execute(
-                f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs ORDER BY id DESC LIMIT ? OFFSET ?",
-                (limit, offset),
+                f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs {where}ORDER BY id DESC "
+                "LIMIT ? OFFSET ?",
+                (*args, limit, offset),
             ).fetchall()
         return [_job_dict(row) for row in rows]
 
     def count_jobs(self) -> dict[str, int]:
-        """Jobs per status."""
-        with reading(self.path) as conn:
-            return {row[0]: row[1] for row in
-                    conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status")}
+        """This station's jobs per status."""
+        with self.db.reading() as conn:
+            return {row[0]: row[1] for row in conn.execute(
+                "SELECT status, COUNT(*) FROM jobs WHERE station = ? GROUP BY status",
+                (self.station,))}
 
 
 def _job_update(job_id: int, fields: dict[str, object]) -> tuple[str, tuple]:

@@ -11,10 +11,10 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from service.store import db, schema
-from service.store.db import Connection
+from service.store.database import Database, SqliteDatabase, open_database
 
 Scope = Literal["read", "program", "admin"]
 SCOPES: tuple[Scope, ...] = ("read", "program", "admin")
@@ -48,16 +48,26 @@ class KeyStore:
     ``create=True`` (``memprog keys create --create``, the service's start) it makes a new one,
     mode 0600 whatever the umask (:func:`service.store.dblock.create_private`)."""
 
-    def __init__(self, path: str | Path, *, create: bool = False):
-        self.path = Path(path)
+    def __init__(self, target: str | Path | Database, *, create: bool = False,
+                 station: str | None = None):
+        self.db: Database = (open_database(target, station) if isinstance(target, str | Path)
+                             else target)
+        self.path = self.db.path if isinstance(self.db, SqliteDatabase) else None
         self._create_file = create
         self._ready = False
 
-    def _connect(self) -> Connection:
-        conn = db.open_keys(self.path, create=self._create_file)
+    def _connect(self) -> Any:
+        if isinstance(self.db, SqliteDatabase):
+            conn = db.open_keys(self.db.path, create=self._create_file)
+        else:
+            conn = self.db.side_writer()  # one key table for the lab, on the server
         if not self._ready:
             try:
-                schema.migrate(conn)  # the api_keys table is a schema step like any other
+                # the api_keys table is a schema step like any other
+                if isinstance(self.db, SqliteDatabase):
+                    schema.migrate(conn, self.db.station)
+                else:
+                    self.db.migrate(conn)
             except BaseException:
                 conn.close()  # e.g. a file that is no database
                 raise
@@ -74,15 +84,14 @@ class KeyStore:
         conn = self._connect()
         try:
             with conn:
-                cur = conn.execute(
+                (key_id,) = conn.execute(
                     "INSERT INTO api_keys (name, scope, hint, hash, created) "
-                    "VALUES (?, ?, ?, ?, ?)",
+                    "VALUES (?, ?, ?, ?, ?) RETURNING id",
                     (name.strip(), scope, key[:10], key_hash(key), time.time()),
-                )
+                ).fetchone()
         finally:
             conn.close()
-        assert cur.lastrowid is not None  # an INSERT names its row
-        return int(cur.lastrowid), key
+        return int(key_id), key
 
     def list(self) -> list[dict]:
         """Every key (valid and revoked), oldest first, without hashes."""
@@ -130,6 +139,35 @@ class KeyStore:
         finally:
             conn.close()
         return [(row["hash"], Principal(row["name"], row["scope"], row["id"])) for row in rows]
+
+    def record_uses(self, station: str, uses: dict[int, tuple[float, float, int]]) -> None:
+        """Add key uses seen by ``station``: key id → (first, last use, Unix s; count)."""
+        if not uses:
+            return
+        conn = self._connect()
+        try:
+            with conn:
+                conn.executemany(
+                    "INSERT INTO key_uses (key_id, station, first_used, last_used, uses) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (key_id, station) DO UPDATE SET "
+                    "last_used = excluded.last_used, uses = key_uses.uses + excluded.uses",
+                    [(key_id, station, first, last, n)
+                     for key_id, (first, last, n) in uses.items()],
+                )
+        finally:
+            conn.close()
+
+    def uses(self) -> builtins.list[dict]:
+        """Every key's uses, per station."""
+        conn = self._connect()
+        try:
+            rows = conn.execute(
+                "SELECT key_id, station, first_used, last_used, uses FROM key_uses "
+                "ORDER BY key_id, station").fetchall()
+        finally:
+            conn.close()
+        return [dict(zip(("key_id", "station", "first_used", "last_used", "uses"), row,
+                         strict=True)) for row in rows]
 
     def count_valid(self) -> int:
         conn = self._connect()

@@ -14,6 +14,7 @@ Invariants:
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from itertools import repeat
 
 import numpy as np
@@ -31,10 +32,11 @@ class OperationLog(LogParts):
     def record_read(self, result: ReadResult, run_id: int | None = None) -> None:
         n = len(result.rows)
         with self._lock:
-            self._conn.executemany(
+            self.db.write_many(
+                self._conn,
                 "INSERT INTO operations (time, kind, row, col, voltage, width, conductance, "
-                "current, compliance, run_id, backend) "
-                "VALUES (?, 'read', ?, ?, ?, NULL, ?, ?, ?, ?, ?)",
+                "current, compliance, run_id, backend, station) "
+                "VALUES (?, 'read', ?, ?, ?, NULL, ?, ?, ?, ?, ?, ?)",
                 zip(
                     repeat(self._clock(), n),
                     result.rows.tolist(),
@@ -45,6 +47,7 @@ class OperationLog(LogParts):
                     np.asarray(result.compliance, dtype=bool).astype(int).tolist(),
                     repeat(run_id, n),
                     repeat(self.backend_kind, n),
+                    repeat(self.station, n),
                     strict=True,
                 ),
             )
@@ -76,13 +79,38 @@ class OperationLog(LogParts):
     ) -> None:
         rows = np.asarray(rows)
         n = len(rows)
-        ids = repeat(None, n) if first_id is None else range(first_id, first_id + n)
-        self._conn.executemany(
-            "INSERT INTO operations (id, time, kind, row, col, voltage, width, conductance, "
-            "current, compliance, run_id, backend, note) "
-            "VALUES (?, ?, 'pulse', ?, ?, ?, ?, NULL, NULL, NULL, ?, ?, ?)",
+        columns = "time, kind, row, col, voltage, width, run_id, backend, note, station"
+        marks = "?, 'pulse', ?, ?, ?, ?, ?, ?, ?, ?"
+        if first_id is not None:  # ids given (SQLite: one writer; see reserve_pulses)
+            columns, marks = f"id, {columns}", f"?, {marks}"
+        values: Iterable[tuple] = zip(
+            repeat(self._clock(), n),
+            rows.tolist(),
+            np.asarray(cols).tolist(),
+            np.broadcast_to(np.asarray(voltage, dtype=float), rows.shape).tolist(),
+            np.broadcast_to(np.asarray(width, dtype=float), rows.shape).tolist(),
+            repeat(run_id, n),
+            repeat(self.backend_kind, n),
+            repeat(note, n),
+            repeat(self.station, n),
+            strict=True,
+        )
+        if first_id is not None:
+            values = ((i, *v) for i, v in zip(range(first_id, first_id + n), values,
+                                                strict=True))
+        self._conn.executemany(f"INSERT INTO operations ({columns}) VALUES ({marks})", values)
+
+    def _insert_pending(self, rows: np.ndarray, cols: np.ndarray, voltage: np.ndarray,
+                        width: np.ndarray, run_id: int | None) -> int:
+        """A shared database (PostgreSQL): insert the pulses as pending, with the ids the
+        server gives them, and commit synchronously (one message); the first (smallest) id."""
+        rows = np.asarray(rows)
+        n = len(rows)
+        return int(self.db.reserve(
+            self._conn,
+            "INSERT INTO operations (time, kind, row, col, voltage, width, run_id, backend, "
+            "note, station) VALUES (?, 'pulse', ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             zip(
-                ids,
                 repeat(self._clock(), n),
                 rows.tolist(),
                 np.asarray(cols).tolist(),
@@ -90,10 +118,11 @@ class OperationLog(LogParts):
                 np.broadcast_to(np.asarray(width, dtype=float), rows.shape).tolist(),
                 repeat(run_id, n),
                 repeat(self.backend_kind, n),
-                repeat(note, n),
+                repeat(PENDING, n),
+                repeat(self.station, n),
                 strict=True,
             ),
-        )
+        ))
 
     def reserve_pulses(
         self,
@@ -112,11 +141,18 @@ class OperationLog(LogParts):
         with self._lock:
             self.ensure_writable("nothing fired")
             try:
-                (last,) = self._conn.execute("SELECT COALESCE(MAX(id), 0) FROM operations"
-                                             ).fetchone()
                 self._now = time.time()
-                self._insert_pulses(last + 1, rows, cols, voltage, width, run_id, PENDING)
-                self._conn.commit()
+                if self.db.kind == "sqlite":
+                    # One writer per file: the next ids are free, and consecutive.
+                    (last,) = self._conn.execute("SELECT COALESCE(MAX(id), 0) FROM operations"
+                                                 ).fetchone()
+                    first = int(last) + 1
+                    self._insert_pulses(first, rows, cols, voltage, width, run_id, PENDING)
+                    self._conn.commit()
+                else:
+                    # Stations share the id sequence: ours interleave with theirs. A
+                    # settlement names this station's pending pulses from the first id on.
+                    first = self._insert_pending(rows, cols, voltage, width, run_id)
             except db.Error as exc:
                 if not db.is_fault(exc):  # a bug (a constraint), not the log failing
                     raise
@@ -127,26 +163,42 @@ class OperationLog(LogParts):
             finally:
                 self._now = None
             self._pending.clear()
-            return int(last) + 1
+            return int(first)
 
     @journaled
     def settle_pulses(self, first_id: int, n: int, fired: int, uncertain: bool = False) -> None:
-        """After firing the pulses reserved from ``first_id``: the first ``fired`` were fired
-        (their time is now), the next one perhaps (``uncertain``, kept with a note), the rest
-        were not (removed)."""
+        """After firing the ``n`` pulses reserved from ``first_id``: the first ``fired`` were
+        fired (their time is now), the next one perhaps (``uncertain``, kept with a note), the
+        rest were not (removed). The reservation is this station's pending pulses from
+        ``first_id`` on, in id order (on a shared database, other stations' ids interleave)."""
         fired = max(0, min(int(fired), n))
         maybe = 1 if uncertain and fired < n else 0
+        reserved = ("SELECT id FROM operations WHERE station = ? AND note = ? AND id >= ? "
+                    "AND kind = 'pulse' ORDER BY id LIMIT ?")
         with self._lock:
-            self._conn.execute(
-                "UPDATE operations SET note = NULL, time = ? WHERE id >= ? AND id < ?",
-                (self._clock(), first_id, first_id + fired),
-            )
-            if maybe:
-                self._conn.execute(
-                    "UPDATE operations SET note = ?, time = ? WHERE id = ?",
-                    (UNCERTAIN_FIRE, self._clock(), first_id + fired),
+            if fired == n:  # the common case: the whole reservation
+                self.db.write(
+                    self._conn,
+                    "UPDATE operations SET note = NULL, time = ? WHERE station = ? AND note = ? "
+                    "AND id >= ? AND kind = 'pulse'",
+                    (self._clock(), self.station, PENDING, first_id),
                 )
-            self._conn.execute(
-                "DELETE FROM operations WHERE id >= ? AND id < ?",
-                (first_id + fired + maybe, first_id + n),
-            )
+            elif fired:
+                self.db.write(
+                    self._conn,
+                    f"UPDATE operations SET note = NULL, time = ? WHERE id IN ({reserved})",
+                    (self._clock(), self.station, PENDING, first_id, fired),
+                )
+            if maybe:
+                self.db.write(
+                    self._conn,
+                    f"UPDATE operations SET note = ?, time = ? WHERE id IN ({reserved})",
+                    (UNCERTAIN_FIRE, self._clock(), self.station, PENDING, first_id, 1),
+                )
+            if fired + maybe < n:  # the rest was never fired
+                self.db.write(
+                    self._conn,
+                    "DELETE FROM operations WHERE station = ? AND note = ? AND id >= ? "
+                    "AND kind = 'pulse'",
+                    (self.station, PENDING, first_id),
+                )

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from service.store import db
-from service.store.db import reading
+from service.store.database import Database, SqliteDatabase
 from service.store.schema import OPERATION_COLUMNS, RUN_COLUMNS
 
 
@@ -21,18 +21,22 @@ class LogReader:
     """The operation log's read queries, each on its own short read-only connection to
     ``path``: shared by the live :class:`Storage` and by a :class:`Snapshot` of it."""
 
-    path: Path
+    db: Database
 
-    def list_runs(self, limit: int = 100, offset: int = 0) -> list[dict]:
-        with reading(self.path) as conn:
+    def list_runs(self, limit: int = 100, offset: int = 0, station: str | None = None
+                  ) -> list[dict]:
+        """Runs, newest first; of ``station`` only if given (None: every station's)."""
+        where, args = _of(station)
+        with self.db.reading() as conn:
             rows = conn.execute(
-                f"SELECT {', '.join(RUN_COLUMNS)} FROM runs ORDER BY id DESC LIMIT ? OFFSET ?",
-                (limit, offset),
+                f"SELECT {', '.join(RUN_COLUMNS)} FROM runs{where} ORDER BY id DESC "
+                "LIMIT ? OFFSET ?",
+                (*args, limit, offset),
             ).fetchall()
         return [_run_dict(row) for row in rows]
 
     def get_run(self, run_id: int) -> dict | None:
-        with reading(self.path) as conn:
+        with self.db.reading() as conn:
             row = conn.execute(
                 f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE id = ?", (run_id,)
             ).fetchone()
@@ -61,7 +65,7 @@ class LogReader:
 
     def run_traces(self, run_id: int) -> dict[tuple[int, int], list[dict]]:
         """Per cell, each pulse of the run with the read that followed it (if any)."""
-        with reading(self.path) as conn:
+        with self.db.reading() as conn:
             ops = conn.execute(
                 "SELECT kind, row, col, voltage, width, conductance FROM operations "
                 "WHERE run_id = ? ORDER BY id",
@@ -78,7 +82,8 @@ class LogReader:
         return traces
 
     def iter_operations(
-        self, run_id: int | None = None, batch: int = 5000, upto_id: int | None = None
+        self, run_id: int | None = None, batch: int = 5000, upto_id: int | None = None,
+        station: str | None = None,
     ) -> Iterator[tuple]:
         """Every operation (or a run's) up to ``upto_id`` (default: the last one now), in
         execution order, as tuples in :data:`OPERATION_COLUMNS` order.
@@ -89,12 +94,13 @@ class LogReader:
         while it runs is not in it."""
         upto = self.last_operation_id() if upto_id is None else upto_id
         after = 0
-        while page := self.operations_page(after, upto, run_id, batch):
+        while page := self.operations_page(after, upto, run_id, batch, station):
             yield from page
             after = page[-1][0]
 
     def operations_page(
-        self, after_id: int, upto_id: int, run_id: int | None = None, limit: int = 5000
+        self, after_id: int, upto_id: int, run_id: int | None = None, limit: int = 5000,
+        station: str | None = None,
     ) -> list[tuple]:
         """Up to ``limit`` operations with ``after_id < id <= upto_id`` (of run ``run_id`` if
         given) in execution order, as tuples in :data:`OPERATION_COLUMNS` order: one short read
@@ -104,57 +110,77 @@ class LogReader:
         if run_id is not None:
             sql += " AND run_id = ?"
             args += (run_id,)
-        with reading(self.path) as conn:
+            if station is not None:  # the run's station: the scan stays on the run's index
+                sql += " AND run_id IN (SELECT id FROM runs WHERE id = ? AND station = ?)"
+                args += (run_id, station)
+        elif station is not None:
+            sql += " AND station = ?"
+            args += (station,)
+        with self.db.reading() as conn:
             return conn.execute(f"{sql} ORDER BY id LIMIT ?", (*args, limit)).fetchall()
 
-    def _iter_operations(self, run_id: int | None, order: str, batch: int) -> Iterator[tuple]:
+    def _iter_operations(self, run_id: int | None, order: str, batch: int,
+                         station: str | None = None) -> Iterator[tuple]:
         # One read for the whole iteration: for a :class:`Snapshot` (nobody writes to it); on
         # the live database it would keep the WAL from being checkpointed until it ends.
-        with reading(self.path) as conn:
+        with self.db.reading() as conn:
             sql = f"SELECT {', '.join(OPERATION_COLUMNS)} FROM operations"
-            args: tuple = ()
+            where, args = _of(station)
             if run_id is not None:
-                sql += " WHERE run_id = ?"
-                args = (run_id,)
+                where = f"{where} AND run_id = ?" if where else " WHERE run_id = ?"
+                args = (*args, run_id)
+            sql += where
             cur = conn.execute(f"{sql} ORDER BY {order}", args)
             while rows := cur.fetchmany(batch):
                 yield from rows
 
-    def count_operations(self) -> dict[str, int]:
-        with reading(self.path) as conn:
-            counts = dict(conn.execute("SELECT kind, COUNT(*) FROM operations GROUP BY kind"))
+    def count_operations(self, station: str | None = None) -> dict[str, int]:
+        where, args = _of(station)
+        with self.db.reading() as conn:
+            counts = dict(conn.execute(
+                f"SELECT kind, COUNT(*) FROM operations{where} GROUP BY kind", args))
         return {"read": counts.get("read", 0), "pulse": counts.get("pulse", 0)}
 
-    def reads_after(self, after_id: int = 0, limit: int = 100_000) -> list[tuple]:
+    def reads_after(self, after_id: int = 0, limit: int = 100_000, station: str | None = None
+                    ) -> list[tuple]:
         """Up to ``limit`` reads with ``id > after_id`` in execution order, as tuples
         ``(id, row, col, conductance S, time Unix s)`` — a primary-key range scan, so a caller
         keeping the last id it saw (the dashboard's conductance map) reads only what is new."""
-        with reading(self.path) as conn:
+        with self.db.reading() as conn:
+            if station is None:
+                return conn.execute(
+                    "SELECT id, row, col, conductance, time FROM operations "
+                    "WHERE id > ? AND kind = 'read' ORDER BY id LIMIT ?",
+                    (after_id, limit),
+                ).fetchall()
             return conn.execute(
                 "SELECT id, row, col, conductance, time FROM operations "
-                "WHERE id > ? AND kind = 'read' ORDER BY id LIMIT ?",
-                (after_id, limit),
+                "WHERE station = ? AND id > ? AND kind = 'read' ORDER BY id LIMIT ?",
+                (station, after_id, limit),
             ).fetchall()
 
     def last_operation_id(self) -> int:
         """The id of the newest operation, 0 when there is none."""
-        with reading(self.path) as conn:
+        with self.db.reading() as conn:
             return int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM operations").fetchone()[0])
 
     def iter_operations_by_cell(
-        self, run_id: int | None = None, batch: int = 5000
+        self, run_id: int | None = None, batch: int = 5000, station: str | None = None
     ) -> Iterator[tuple]:
         """Every operation (or a run's), grouped by cell — ordered by row, col, then execution
         order — as tuples in :data:`OPERATION_COLUMNS` order (the per-cell HDF5 export).
 
         One read for the whole iteration (there is no index to page by cell): call it on a
         :class:`Snapshot` (:meth:`snapshot`), never on the live log of a running service."""
-        return self._iter_operations(run_id, "row, col, id", batch)
+        return self._iter_operations(run_id, "row, col, id", batch, station)
 
-    def list_all_runs(self) -> list[dict]:
-        """Every run, oldest first (without per-cell results)."""
-        with reading(self.path) as conn:
-            rows = conn.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs ORDER BY id").fetchall()
+    def list_all_runs(self, station: str | None = None) -> list[dict]:
+        """Every run (of ``station`` if given), oldest first (without per-cell results)."""
+        where, args = _of(station)
+        with self.db.reading() as conn:
+            rows = conn.execute(
+                f"SELECT {', '.join(RUN_COLUMNS)} FROM runs{where} ORDER BY id", args
+            ).fetchall()
         return [_run_dict(row) for row in rows]
 
 
@@ -164,6 +190,12 @@ class Snapshot(LogReader):
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.db = SqliteDatabase(self.path, station="snapshot")
+
+
+def _of(station: str | None) -> tuple[str, tuple]:
+    """The WHERE clause that keeps ``station``'s rows (none: every station's)."""
+    return (" WHERE station = ?", (station,)) if station is not None else ("", ())
 
 
 def _run_dict(row: db.Row) -> dict:

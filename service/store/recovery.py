@@ -16,19 +16,22 @@ Invariants:
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
-from service.store import db
+from service.store import db, dblock
 from service.store.base import (
     CRASHED_PENDING,
     JOB_INTERRUPTED,
+    LOST_PENDING,
     PENDING,
     LogParts,
     LogUnavailable,
     log,
 )
+
+_RECOVERY_FAILS: tuple[type[BaseException], ...] = (*db.Error, OSError, dblock.DatabaseInUse)
+"""What a recovery attempt meets while the database is still away (or taken)."""
 
 
 class LogHealth(LogParts):
@@ -37,7 +40,7 @@ class LogHealth(LogParts):
     # provided by Storage
     _journal: Any
     _unjournaled: list
-    _file_id: Any
+    db: Any
 
     @property
     def journal_records(self) -> int:
@@ -72,8 +75,15 @@ class LogHealth(LogParts):
                 self.failure = self.failure or problem
                 return False
             try:
+                reconnected = False
+                if self.failure is not None and self.db.kind == "postgresql":
+                    # a server that went away: a new connection
+                    self._conn = self.db.reconnect(self._conn)
+                    reconnected = True
                 self._replay()
-            except (db.Error, OSError) as exc:
+                if reconnected:
+                    self._mark_lost_pending()
+            except _RECOVERY_FAILS as exc:
                 try:
                     self._conn.rollback()
                 except db.Error:
@@ -90,15 +100,7 @@ class LogHealth(LogParts):
         return time.time() if self._now is None else self._now
 
     def _file_problem(self) -> str | None:
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return f"the database file {self.path} is gone (moved or deleted while in use)"
-        except OSError as exc:
-            return f"the database file {self.path} cannot be checked: {exc}"
-        if (st.st_dev, st.st_ino) != self._file_id:
-            return f"the database file {self.path} was replaced while in use"
-        return None
+        return self.db.problem()
 
     def _broke(self, exc: BaseException) -> None:
         """Under the lock, after a failed write: the log is failed, the open transaction is
@@ -155,9 +157,11 @@ class LogHealth(LogParts):
                     conn.execute("INSERT INTO journal_applied (uid, applied) VALUES (?, ?)",
                                  (uid, time.time()))
             conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('log_probe', ?) "
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (time.time(),),
+                # one probe row per station on a shared database (each writes its own)
+                ("log_probe" if self.db.kind == "sqlite" else f"log_probe {self.station}",
+                 time.time()),
             )
             conn.commit()
         finally:
@@ -169,13 +173,25 @@ class LogHealth(LogParts):
         self._unjournaled.clear()
         self._journal.reset()
 
+    def _mark_lost_pending(self) -> None:
+        """After the server came back and the side journal was replayed: a pulse of this
+        station still pending lost its settlement with the server (a crash of the server
+        drops its last asynchronous commits); it is kept as uncertain."""
+        self._conn.execute(
+            "UPDATE operations SET note = ? WHERE kind = 'pulse' AND note = ? AND station = ?",
+            (LOST_PENDING, PENDING, self.station),
+        )
+        self._conn.commit()
+
     def recover_from_crash(self) -> None:
         """At start, after the replay, committed: what a crash left half done is marked, never
-        resumed (every operation it recorded is kept)."""
+        resumed (every operation it recorded is kept). This station's only: another station's
+        running job is its own business."""
+        me = self.station
         # Pulses reserved but never settled may have been fired.
         self._conn.execute(
-            "UPDATE operations SET note = ? WHERE kind = 'pulse' AND note = ?",
-            (CRASHED_PENDING, PENDING),
+            "UPDATE operations SET note = ? WHERE kind = 'pulse' AND note = ? AND station = ?",
+            (CRASHED_PENDING, PENDING, me),
         )
         # A run still 'running' was cut short; its pulse count is what the log holds (pulses
         # are committed as they are fired, ahead of the iteration's verify read and progress).
@@ -183,20 +199,20 @@ class LogHealth(LogParts):
                  "AND o.kind = 'pulse')")
         self._conn.execute(
             "UPDATE runs SET status = 'interrupted', finished = ?, total_pulses = "
-            f"{fired.format('runs', 'id')} WHERE status = 'running'",
-            (time.time(),),
+            f"{fired.format('runs', 'id')} WHERE status = 'running' AND station = ?",
+            (time.time(), me),
         )
         # Likewise a job queued or running.
         self._conn.execute(
             "UPDATE jobs SET status = 'interrupted', finished = ?, error = ?, pulses = "
             f"COALESCE({fired.format('jobs', 'run_id')}, 0) "
-            "WHERE status IN ('queued', 'running')",
-            (time.time(), JOB_INTERRUPTED),
+            "WHERE status IN ('queued', 'running') AND station = ?",
+            (time.time(), JOB_INTERRUPTED, me),
         )
         # A calibration cut short: its model, if written, was never activated.
         self._conn.execute(
             "UPDATE calibrations SET status = 'interrupted', finished = ?, error = ? "
-            "WHERE status IN ('pulsing', 'fitting')",
-            (time.time(), "the service stopped before the calibration ended"),
+            "WHERE status IN ('pulsing', 'fitting') AND station = ?",
+            (time.time(), "the service stopped before the calibration ended", me),
         )
         self._conn.commit()

@@ -32,10 +32,10 @@ class RunStore(LogParts):
         with self._lock:
             self.ensure_writable("nothing fired")
             try:
-                cur = self._conn.execute(
+                (run_id,) = self._conn.execute(
                     "INSERT INTO runs (started, status, strategy, tolerance, max_pulses, "
-                    "verify, v_read, backend, n_targets) "
-                    "VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?)",
+                    "verify, v_read, backend, n_targets, station) "
+                    "VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                     (
                         time.time(),
                         params.strategy,
@@ -45,8 +45,9 @@ class RunStore(LogParts):
                         params.v_read,
                         self.backend_kind,
                         params.n_targets,
+                        self.station,
                     ),
-                )
+                ).fetchone()
                 self._conn.commit()
             except db.Error as exc:
                 if not db.is_fault(exc):  # a bug (a constraint), not the log failing
@@ -54,8 +55,7 @@ class RunStore(LogParts):
                 self._broke(exc)
                 raise LogUnavailable(f"log unavailable, nothing fired: {self.failure}") from exc
             self._pending.clear()
-            assert cur.lastrowid is not None  # an INSERT names its row
-            return int(cur.lastrowid)
+            return int(run_id)
 
     @journaled
     def finish_run(
@@ -81,7 +81,8 @@ class RunStore(LogParts):
             repeat(None, n) if converged is None else np.asarray(converged).astype(int).tolist()
         )
         with self._lock:
-            self._conn.executemany(
+            self.db.write_many(
+                self._conn,
                 "INSERT INTO run_results (run_id, idx, row, col, start, target, final, pulses, "
                 "converged, stopped) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 zip(
@@ -98,7 +99,8 @@ class RunStore(LogParts):
                     strict=True,
                 ),
             )
-            self._conn.execute(
+            self.db.write(
+                self._conn,
                 "UPDATE runs SET status = ?, finished = ?, n_converged = ?, total_pulses = ? "
                 "WHERE id = ?",
                 (

@@ -117,6 +117,7 @@ OPERATION_COLUMNS = (
     "run_id",
     "backend",
     "note",
+    "station",
 )
 
 JOB_COLUMNS = (
@@ -137,6 +138,7 @@ JOB_COLUMNS = (
     "run_id",
     "submitted_by",
     "error",
+    "station",
 )
 
 CALIBRATION_COLUMNS = (
@@ -154,6 +156,7 @@ CALIBRATION_COLUMNS = (
     "report",
     "error",
     "submitted_by",
+    "station",
 )
 
 RUN_COLUMNS = (
@@ -171,6 +174,7 @@ RUN_COLUMNS = (
     "n_converged",
     "total_pulses",
     "error",
+    "station",
 )
 
 
@@ -238,11 +242,88 @@ def _calibrations(conn: sqlite3.Connection) -> None:
     conn.executescript(CALIBRATIONS)
 
 
-STEPS: tuple[Callable[[sqlite3.Connection], None], ...] = (
-    _release_0_1,
-    _journal_applied,
-    _api_keys,
-    _calibrations,
+# No index on the station columns: an SQLite file is one station's (its lock), so every row
+# matches and an index would only add to every write (PostgreSQL, shared, has them).
+STATION_TABLES = """
+CREATE TABLE device_memory_by_station (
+    station TEXT NOT NULL,            -- the station whose device it is (MEMPROG_STATION)
+    key TEXT NOT NULL,
+    row INTEGER NOT NULL,
+    col INTEGER NOT NULL,
+    value REAL NOT NULL,
+    updated REAL NOT NULL,            -- Unix time, s
+    run_id INTEGER REFERENCES runs(id),
+    PRIMARY KEY (station, key, row, col)
+);
+CREATE TABLE IF NOT EXISTS stations (  -- each service's heartbeat (service/stations.py)
+    name TEXT PRIMARY KEY,
+    backend TEXT,                     -- simulated | hardware
+    instruments TEXT,                 -- JSON: the instruments' identities
+    started REAL,                     -- Unix time, s
+    heartbeat REAL NOT NULL,          -- Unix time, s: the last beat
+    running_job INTEGER,
+    health TEXT,                      -- JSON: the station's /health
+    version TEXT,
+    host TEXT,
+    pid INTEGER,
+    listen TEXT
+);
+CREATE TABLE IF NOT EXISTS key_uses (  -- which station accepted which key, how often
+    key_id INTEGER NOT NULL REFERENCES api_keys(id),
+    station TEXT NOT NULL,
+    first_used REAL NOT NULL,         -- Unix time, s
+    last_used REAL NOT NULL,          -- Unix time, s
+    uses INTEGER NOT NULL,
+    PRIMARY KEY (key_id, station)
+);
+CREATE TABLE IF NOT EXISTS model_activations (
+    id INTEGER PRIMARY KEY,
+    time REAL NOT NULL,               -- Unix time, s
+    station TEXT NOT NULL,
+    model TEXT NOT NULL,              -- the model file made active
+    fingerprint TEXT,
+    reason TEXT NOT NULL              -- calibration <id> | activate (API) | start
+);
+"""
+
+
+def _stations(conn: sqlite3.Connection, station: str) -> None:
+    """Version 5: station identity. Every operation, run, job and calibration names the
+    station that made it (the rows already there: ``station``, the one migrating); device
+    memory is per station (a new primary key: the table is rebuilt); heartbeats, key uses and
+    model activations get tables of their own."""
+    # Ended jobs and runs never change (their triggers skip any update): lifted for this
+    # one step, made again by the 0.1.0 script (IF NOT EXISTS) right after.
+    conn.execute("DROP TRIGGER IF EXISTS jobs_end_is_final")
+    conn.execute("DROP TRIGGER IF EXISTS runs_end_is_final")
+    for table in ("operations", "runs", "jobs", "calibrations"):
+        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if "station" not in columns:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN station TEXT")
+        conn.execute(f"UPDATE {table} SET station = ? WHERE station IS NULL", (station,))
+    conn.executescript(RELEASE_0_1)
+    # A step cut short before its version was recorded runs again: start its rebuild afresh.
+    conn.execute("DROP TABLE IF EXISTS device_memory_by_station")
+    conn.executescript(STATION_TABLES)
+    conn.execute(
+        "INSERT INTO device_memory_by_station (station, key, row, col, value, updated, run_id) "
+        "SELECT ?, key, row, col, value, updated, run_id FROM device_memory",
+        (station,),
+    )
+    conn.execute("DROP TABLE device_memory")
+    conn.execute("ALTER TABLE device_memory_by_station RENAME TO device_memory")
+
+
+def _with_station(step: Callable[[sqlite3.Connection], None]) -> Callable:
+    return lambda conn, station: step(conn)
+
+
+STEPS: tuple[Callable[[sqlite3.Connection, str], None], ...] = (
+    _with_station(_release_0_1),
+    _with_station(_journal_applied),
+    _with_station(_api_keys),
+    _with_station(_calibrations),
+    _stations,
 )
 """Migration steps in order: ``STEPS[n - 1]`` brings version n - 1 to n."""
 
@@ -250,16 +331,17 @@ VERSION = len(STEPS)
 """The schema version this code writes."""
 
 
-def migrate(conn: sqlite3.Connection) -> int:
+def migrate(conn: sqlite3.Connection, station: str) -> int:
     """Bring the database of ``conn`` to :data:`VERSION`; the version it was at. A database of
-    a newer memprog is refused (its schema is not known here)."""
+    a newer memprog is refused (its schema is not known here). ``station``: the station that
+    the rows written before version 5 belong to."""
     (found,) = conn.execute("PRAGMA user_version").fetchone()
     if found > VERSION:
         raise RuntimeError(
             f"database schema version {found} is newer than this memprog's ({VERSION})"
         )
     for version in range(found + 1, VERSION + 1):
-        STEPS[version - 1](conn)
+        STEPS[version - 1](conn, station)
         conn.execute(f"PRAGMA user_version = {version}")
     conn.commit()
     return int(found)

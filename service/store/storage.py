@@ -23,15 +23,13 @@ journal, then recovers from a crash (:mod:`service.store.recovery`), all before 
 
 from __future__ import annotations
 
-import os
 import threading
-import time
 from pathlib import Path
 
-from service.store import db, dblock, schema
+from service.store import db, dblock
 from service.store.base import LogUnavailable
 from service.store.calibrations import CalibrationStore
-from service.store.db import copy_database, durable, open_writer
+from service.store.database import Database, open_database
 from service.store.device_memory import DeviceMemory
 from service.store.jobs import JobStore
 from service.store.journal import DEFAULT_SIZE as JOURNAL_SIZE
@@ -40,16 +38,29 @@ from service.store.operations import OperationLog
 from service.store.reader import LogReader
 from service.store.recovery import LogHealth
 from service.store.runs import RunStore
+from service.store.stations import StationStore
 
 
 class Storage(LogHealth, OperationLog, RunStore, DeviceMemory, JobStore, CalibrationStore,
-              LogReader):
+              StationStore, LogReader):
     """The operation log. Write methods belong to one thread (the backend owner's)."""
 
     def __init__(
-        self, path: str | Path, backend_kind: str | None = None, journal_size: int = JOURNAL_SIZE
+        self,
+        target: str | Path | Database,
+        backend_kind: str | None = None,
+        journal_size: int = JOURNAL_SIZE,
+        *,
+        station: str | None = None,
+        state_dir: str | Path | None = None,
     ):
-        self.path = Path(path)
+        self.db: Database = (open_database(target, station, state_dir)
+                             if isinstance(target, str | Path) else target)
+        self.station = self.db.station
+        """This service's station: written on every row it makes, and the scope of its jobs'
+        recovery, aborts and default reads."""
+        self.path = self.db.anchor
+        """The local path the database lock and the side journal sit beside."""
         self.backend_kind = backend_kind
         """simulated | hardware: recorded with every operation (set once the backend is known)."""
         self.failure: str | None = None
@@ -59,7 +70,7 @@ class Storage(LogHealth, OperationLog, RunStore, DeviceMemory, JobStore, Calibra
         self._unjournaled: list[tuple] = []  # records the journal had no room for
         self._replaying = False
         self._now: float | None = None  # a replayed record's original time
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db.create()
         # One service per database: locked before anything in it is created or changed, so a
         # second service is refused here, naming the holder, having changed nothing.
         self._dblock = dblock.hold(self.path)
@@ -72,11 +83,8 @@ class Storage(LogHealth, OperationLog, RunStore, DeviceMemory, JobStore, Calibra
     def _start(self, journal_size: int) -> None:
         """Open the database (a new one 0600, whatever the umask) and bring it up to date;
         under the database lock."""
-        dblock.create_private(self.path)
-        self._conn = open_writer(self.path)
-        st = os.stat(self.path)
-        self._file_id = (st.st_dev, st.st_ino)
-        schema.migrate(self._conn)
+        self._conn = self.db.open_writer()
+        self.db.migrate(self._conn)
         # What a failed log kept aside goes in first; then what a crash left half done.
         self._journal = SideJournal(journal_path(self.path), journal_size)
         if not self.recover():
@@ -95,51 +103,52 @@ class Storage(LogHealth, OperationLog, RunStore, DeviceMemory, JobStore, Calibra
             self._dblock.release()  # after the last write: another service may start now
 
     def commit(self) -> None:
-        """Commit to the WAL: survives a crash of the process, not necessarily a power cut.
-        A commit that fails (a full disk) fails the log: what it held goes to the side journal."""
+        """Commit: survives a crash of the process (SQLite: in the WAL; PostgreSQL: on the server,
+        flushed within a fraction of a second), not necessarily a power cut or a crash of the
+        database server. A commit that fails (a full disk, a server gone) fails the log: what it
+        held goes to the side journal."""
         with self._lock:
             if self.failure is not None:
                 self._divert()
                 return
             try:
-                self._conn.commit()
+                self.db.commit(self._conn)
             except db.Error as exc:
                 self._broke(exc)
                 return
             self._pending.clear()
 
     def commit_durable(self) -> None:
-        """Commit and wait for the disk: everything recorded so far survives a power cut.
-        While the log is failed the side journal is already durable (each append is synced)."""
+        """Commit and wait for the disk: everything recorded so far survives a power cut (and
+        a crash of the database server). While the log is failed the side journal is already
+        durable (each append is synced)."""
         with self._lock:
-            self.commit()
             if self.failure is not None:
+                self._divert()
                 return
-            # The safety level cannot change inside a transaction, and a commit without
-            # changes syncs nothing: write a marker in a FULL transaction, whose WAL fsync
-            # also covers every earlier (NORMAL) commit.
             try:
-                with durable(self._conn):
-                    self._conn.execute(
-                        "INSERT INTO meta (key, value) VALUES ('durable_commit', ?) "
-                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                        (time.time(),),
-                    )
-                    self._conn.commit()
+                self.db.durable_commit(self._conn)
             except db.Error as exc:
                 self._broke(exc)
+                return
+            self._pending.clear()
 
     def rollback(self) -> None:
         with self._lock:
-            self._conn.rollback()
+            try:
+                self._conn.rollback()
+            except db.Error as exc:
+                if not db.is_fault(exc):
+                    raise
             self._pending.clear()
 
     def snapshot(self, dest: str | Path) -> int:
-        """Copies the database to ``dest`` (a new file; SQLite's online backup, in one step:
-        one short read, at disk speed, which writers do not wait for) and returns the id of the
+        """Copies the database to ``dest`` (a new SQLite file: SQLite's online backup, in one
+        step: one short read, at disk speed, which writers do not wait for; from PostgreSQL, one
+        repeatable-read transaction) and returns the id of the
         last operation in the copy (0: none). Read the copy with :class:`Snapshot`; it holds
         everything the database does (API key hashes too): keep it private, delete it after."""
-        dst = copy_database(self.path, dest)
+        dst = self.db.copy_to(dest)
         try:
             return int(dst.execute("SELECT COALESCE(MAX(id), 0) FROM operations").fetchone()[0])
         finally:
