@@ -184,8 +184,11 @@ class Backend(ABC):
     @abstractmethod
     def pulse(
         self, rows: np.ndarray, cols: np.ndarray, voltage: np.ndarray, width: np.ndarray
-    ) -> None:
-        """Fire one rectangular pulse per cell: ``voltage`` (V) for ``width`` (s), per cell.
+    ) -> np.ndarray | None:
+        """Fire one rectangular pulse per cell: ``voltage`` (V) for ``width`` (s), per cell;
+        the energy each pulse delivered to its device (J, in the order of the cells) when the
+        backend knows it (the simulator integrates ∫ V·I dt), else None (a bench: the service
+        estimates it from the reads around the pulse).
 
         Implementations call :func:`check_pulse` before any I/O.
         """

@@ -138,12 +138,13 @@ class SimBackend(Backend):
 
     def pulse(
         self, rows: np.ndarray, cols: np.ndarray, voltage: np.ndarray, width: np.ndarray
-    ) -> None:
+    ) -> np.ndarray:
+        """The pulses, and the energy each delivered (J: ∫ V·I dt, integrated with the state)."""
         rows, cols = self._cells(rows, cols)
         voltage = np.broadcast_to(np.asarray(voltage, dtype=float), rows.shape)
         width = np.broadcast_to(np.asarray(width, dtype=float), rows.shape)
         check_pulse(self.limits, voltage, width)
-        self.crossbar.pulse(rows, cols, voltage, width)
+        return self.crossbar.pulse(rows, cols, voltage, width)
 
     def safe_state(self) -> None:
         """Nothing is energised between calls in a simulation."""

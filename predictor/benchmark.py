@@ -150,6 +150,7 @@ def run_benchmark(
             "pulses_mean": wv[name]["pulses_mean"] / p["pulses_mean"],
             "device_time": wv[name]["device_time_total_s"] / p["device_time_total_s"],
             "width_sum": wv[name]["width_sum_total_s"] / p["width_sum_total_s"],
+            "energy": wv[name]["energy_total_J"] / p["energy_total_J"],
             "devices_converged_by_both": int(both.sum()),
             "pulses_total_converged_by_both": float(other.pulses[both].sum()
                                                     / mine.pulses[both].sum()),
@@ -170,7 +171,8 @@ def run_benchmark(
     for name in ("ispp", "fixed"):
         ratio = wv[f"ratio_{name}_over_predictor"]
         log(f"  {name} / predictor: pulses ×{ratio['pulses_total']:.1f}, device time "
-            f"×{ratio['device_time']:.1f}; on the {ratio['devices_converged_by_both']} devices "
+            f"×{ratio['device_time']:.1f}, energy ×{ratio['energy']:.2f}; on the "
+            f"{ratio['devices_converged_by_both']} devices "
             f"both converged: ×{ratio['pulses_total_converged_by_both']:.1f}, "
             f"×{ratio['device_time_converged_by_both']:.1f}")
     log(f"inference: {report['inference']['batched_predictions_per_s'] / 1e6:.2f} M/s batched, "

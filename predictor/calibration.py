@@ -367,6 +367,10 @@ class OperationsTally:
     def commit(self) -> None:
         """Nothing to make durable."""
 
+    def record_energy(self, rows: np.ndarray, cols: np.ndarray, energy: np.ndarray,
+                      run_id: int | None = None) -> None:
+        """Energies are not part of the tally."""
+
     def device_memory(self, key, rows, cols) -> np.ndarray:
         return np.full(np.asarray(rows).size, np.nan)
 

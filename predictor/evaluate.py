@@ -119,6 +119,7 @@ class LoopResult:
     reads: np.ndarray
     converged: np.ndarray
     wall_time: float
+    energy: np.ndarray | None = None  # J per device: its pulses' ∫ V·I dt (the simulator's)
 
 
 def write_verify(xb: Crossbar, rows, cols, target, planner, tolerance: float, max_pulses: int
@@ -130,7 +131,8 @@ def write_verify(xb: Crossbar, rows, cols, target, planner, tolerance: float, ma
     assert out.final is not None
     g_final = _truth(xb, rows, cols)
     return LoopResult(g_true_start, g_final, out.final, out.pulses, tally.width_sum,
-                      out.pulses + 1, M.converged(g_final, target, tolerance), out.wall_time)
+                      out.pulses + 1, M.converged(g_final, target, tolerance), out.wall_time,
+                      out.energy)
 
 
 def one_shot(xb: Crossbar, rows, cols, target, planner) -> tuple[np.ndarray, np.ndarray]:
@@ -310,9 +312,11 @@ def run_strategies(sc: Scenario, predictor: PulsePredictor, strategies: dict[str
         budget = sc.max_pulses if name == "predictor" else sc.baseline_max_pulses
         res = write_verify(xb, rows, cols, target, make(target), sc.tolerance, budget)
         out[name] = res
+        energy = "" if res.energy is None else \
+            f", energy {res.energy.mean() * 1e12:.1f} pJ per device mean"
         log(f"  {name:>10}: converged {res.converged.mean() * 100:.2f} %, pulses median "
             f"{np.median(res.pulses):.0f}, p99 {np.percentile(res.pulses, 99):.0f}, "
-            f"max {res.pulses.max()} ({res.wall_time:.1f} s)")
+            f"max {res.pulses.max()}{energy} ({res.wall_time:.1f} s)")
     return out
 
 
@@ -328,10 +332,27 @@ def wv_summary(res: LoopResult, target, sc: Scenario, budget: int) -> dict:
         "device_time_total_s": float(dt.sum()),
         "device_time_per_device_mean_s": float(dt.mean()),
         "width_sum_total_s": float(res.width_sum.sum()),
+        **_energy_summary(res),
         "reads_total": int(res.reads.sum()),
         "final_rpd_target": M.distribution(M.rpd_target(res.g_final, target)),
         "software_wall_time_s": round(res.wall_time, 3),
         "software_wall_time_per_device_ms": round(res.wall_time / target.size * 1e3, 4),
+    }
+
+
+def _energy_summary(res: LoopResult) -> dict:
+    """Programming energy (J): in all, per device, per converged device, and its distribution
+    over the devices (the pulses' ∫ V·I dt; not the reads')."""
+    if res.energy is None:
+        return {}
+    e = res.energy
+    return {
+        "energy_total_J": float(e.sum()),
+        "energy_per_device_mean_J": float(e.mean()),
+        "energy_per_device_median_J": float(np.median(e)),
+        "energy_per_device_p99_J": float(np.percentile(e, 99)),
+        "energy_per_converged_device_mean_J": float(e[res.converged].mean())
+        if res.converged.any() else None,
     }
 
 

@@ -46,7 +46,7 @@ class Recorder(Protocol):
     def record_read(self, result: ReadResult, run_id: int | None = None) -> None: ...
 
     def fire(self, backend: Backend, rows: np.ndarray, cols: np.ndarray, voltage: np.ndarray,
-             width: np.ndarray, run_id: int | None = None) -> None: ...
+             width: np.ndarray, run_id: int | None = None) -> np.ndarray | None: ...
 
     def commit(self) -> None: ...
 
@@ -54,6 +54,11 @@ class Recorder(Protocol):
 
     def save_device_memory(self, key: str, rows: np.ndarray, cols: np.ndarray,
                            values: np.ndarray, run_id: int | None = None) -> None: ...
+
+    def record_energy(self, rows: np.ndarray, cols: np.ndarray, energy: np.ndarray,
+                      run_id: int | None = None) -> None:
+        """The estimated energy (J) of the last pulse at each cell, for a backend that could not
+        say it (:func:`estimated_energy`)."""
 
     def finish_run(self, run_id: int, **results: object) -> None: ...
 
@@ -92,6 +97,7 @@ class ProgramOutcome:
     wall_time: float  # s
     aborted: bool = False  # should_stop() ended the run early (its run is 'aborted')
     stopped: list[str | None] | None = None  # per cell: why it was stopped (untrusted reading)
+    energy: np.ndarray | None = None  # J per cell: its pulses' energy (None: not known)
 
 
 @dataclass(frozen=True)
@@ -188,6 +194,7 @@ def program_cells(
         wall_time=time.perf_counter() - started,
         aborted=run.aborted,
         stopped=run.stopped,
+        energy=run.energy,
     )
 
 
@@ -205,6 +212,8 @@ class _Run:
         n = job.target.size
         self.n = n
         self.pulses = np.zeros(n, dtype=np.int64)
+        self.energy = np.zeros(n)  # J per cell; NaN once a pulse's energy was not known
+        self.unknown_energy = False  # the last batch's backend did not say its energy
         self.halted = np.zeros(n, dtype=bool)  # stopped on a reading that cannot be trusted
         self.stopped: list[str | None] = [None] * n
         self.steps: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]] = []
@@ -245,8 +254,13 @@ class _Run:
         """Choose the pulses of the cells ``idx`` (checked against the limits) and fire them."""
         job = self.job
         voltage, width = _chosen(self.planner, idx, self.g[idx], job.limits)
-        self.recorder.fire(self.backend, job.rows[idx], job.cols[idx], voltage, width,
-                           self.run_id)
+        energy = self.recorder.fire(self.backend, job.rows[idx], job.cols[idx], voltage, width,
+                                    self.run_id)
+        self.unknown_energy = energy is None
+        if energy is not None:
+            self.energy[idx] += np.asarray(energy, dtype=float)
+        elif not job.verify:  # one shot: no read after the pulse to estimate it from
+            self.energy[idx] = np.nan
         return voltage, width
 
     def progress(self, iteration: int, done: int, converged_now: int) -> None:
@@ -297,6 +311,10 @@ def _write_verify(run: _Run) -> None:
         after = run.backend.read(job.rows[idx], job.cols[idx], job.v_read)
         recorder.record_read(after, run.run_id)
         run.reads += idx.size
+        if run.unknown_energy:  # a bench: estimated from the reads around the pulses
+            estimate = estimated_energy(voltage, width, run.g[idx], after.conductance)
+            recorder.record_energy(job.rows[idx], job.cols[idx], estimate, run.run_id)
+            run.energy[idx] += estimate
         run.g[idx] = after.conductance
         bad = run.distrust(after, idx)
         converged[idx] = (np.abs(run.g[idx] - job.target[idx]) <= band[idx]) & ~bad
@@ -321,6 +339,21 @@ def _write_verify(run: _Run) -> None:
             learned[run.halted] = np.nan  # NaN: keep what was remembered before
             recorder.save_device_memory(planner.memory_key, job.rows, job.cols, learned,
                                         run.run_id)
+
+
+def estimated_energy(voltage: np.ndarray, width: np.ndarray, g_before: np.ndarray,
+                     g_after: np.ndarray) -> np.ndarray:
+    """The energy of pulses whose backend could not say it, from the reads around them (J):
+
+        E ≈ V² · t · (G_before + G_after) / 2
+
+    the device taken as ohmic at its read conductance, mean of before and after. An estimate:
+    a memristor's current at a programming voltage is not V·G_read (the JART v1b device at
+    -0.6 V draws several times more), so it is a lower bound, good for comparing strategies on
+    one bench, not for a device's true energy. NaN where a read is not finite."""
+    g = (np.asarray(g_before, dtype=float) + np.asarray(g_after, dtype=float)) / 2.0
+    out = np.asarray(voltage, dtype=float) ** 2 * np.asarray(width, dtype=float) * np.abs(g)
+    return np.where(np.isfinite(out), out, np.nan)
 
 
 def _untrusted(read: ReadResult, floor: float) -> tuple[np.ndarray, list[str]]:

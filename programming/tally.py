@@ -39,12 +39,17 @@ class TallyRecorder:
         """Reads are counted by the loop itself (``ProgramOutcome.reads``)."""
 
     def fire(self, backend: Backend, rows: np.ndarray, cols: np.ndarray, voltage: np.ndarray,
-             width: np.ndarray, run_id: int | None = None) -> None:
-        backend.pulse(rows, cols, voltage, width)
+             width: np.ndarray, run_id: int | None = None) -> np.ndarray | None:
+        energy = backend.pulse(rows, cols, voltage, width)
         np.add.at(self.width_sum, self._positions(rows, cols), width)
+        return energy
 
     def commit(self) -> None:
         """Nothing to make durable."""
+
+    def record_energy(self, rows: np.ndarray, cols: np.ndarray, energy: np.ndarray,
+                      run_id: int | None = None) -> None:
+        """Nothing kept (the outcome has each cell's energy)."""
 
     def device_memory(self, key: str, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         return np.full(np.asarray(rows).size, np.nan)  # nothing remembered across runs

@@ -68,7 +68,8 @@ import numpy as np
 from service.store import OPERATION_COLUMNS, Snapshot, Storage
 
 FORMAT = "memprog-hdf5"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: the timeseries' ``energy`` field (J)."""
 MEDIA_TYPE = "application/x-hdf5"
 
 OP_TYPE = h5py.enum_dtype({"read": 1, "pulse": 2}, basetype="u1")
@@ -87,6 +88,8 @@ TIMESERIES_FIELDS: tuple[tuple[str, object, str, str], ...] = (
     ("compliance", "i1", "", "1 compliance tripped, 0 not, -1 for pulses"),
     ("run_id", "<i8", "", "programming run, -1 outside any run"),
     ("backend", BACKEND, "", "simulated = 0, hardware = 1"),
+    ("energy", "<f8", "J", "energy the pulse delivered to the device (simulated: integrated; "
+     "a bench: estimated from the reads around it); NaN for reads and unknown"),
 )
 TIMESERIES_DTYPE = np.dtype([(name, dtype) for name, dtype, _, _ in TIMESERIES_FIELDS])
 _FIELD_NAMES = np.array([name for name, _, _, _ in TIMESERIES_FIELDS], dtype=object)
@@ -138,6 +141,7 @@ _ID, _TIME, _KIND, _ROW, _COL_INDEX, _VOLTAGE, _WIDTH, _G, _CURRENT, _COMPLIANCE
 )
 _BACKEND = _COL["backend"]
 _NOTE = _COL.get("note")
+_ENERGY = _COL.get("energy")
 
 
 def _timeseries_rows(ops: list[tuple]) -> np.ndarray:
@@ -161,6 +165,7 @@ def _timeseries_rows(ops: list[tuple]) -> np.ndarray:
     out["compliance"] = [-1 if v is None else int(v) for v in cols[_COMPLIANCE]]
     out["run_id"] = [-1 if v is None else v for v in cols[_RUN]]
     out["backend"] = [_BACKEND_CODE.get(v, 0) for v in cols[_BACKEND]]
+    out["energy"] = floats(_ENERGY) if _ENERGY is not None else np.nan
     return out
 
 

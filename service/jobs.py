@@ -73,6 +73,7 @@ def job_record(row: dict, abort_requested: bool = False) -> JobRecord:
         abort_requested=abort_requested and row["status"] not in TERMINAL,
         error=row["error"],
         station=row["station"],
+        energy=row.get("energy"),
     )
 
 
@@ -333,10 +334,22 @@ class JobManager:
         )
 
     def _write(self, handle: _Job, **fields: object) -> None:
-        """Owner thread: store ``fields`` (committing the current transaction), publish."""
+        """Owner thread: store ``fields`` (committing the current transaction), publish (at the
+        end, with the energy its pulses delivered, as the stored record gives it)."""
         self.storage.update_job(handle.id, **fields)
         self.storage.commit()
+        if fields.get("status") in TERMINAL:
+            fields = {**fields, "energy": self._energy(handle)}
         self._update(handle, fields)
+
+    def _energy(self, handle: _Job) -> float | None:
+        run_id = handle.row.get("run_id")
+        if run_id is None or self.storage.failure is not None:
+            return None
+        try:
+            return self.storage.run_energy(int(run_id))
+        except Exception:  # the record says null; the log keeps every pulse's energy
+            return None
 
     def _update(self, handle: _Job, fields: dict) -> None:
         """Any thread, after the database: keep the in-memory row in step with the stored one,

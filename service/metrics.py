@@ -65,6 +65,12 @@ class Metrics:
         r = self.registry
         self.pulses = Counter("memprog_pulses", "Pulses fired (one per cell).", registry=r)
         self.reads = Counter("memprog_reads", "Cell reads made.", registry=r)
+        self.pulse_energy = Counter(
+            "memprog_pulse_energy_joules",
+            "Energy the pulses delivered to the devices, J (simulated: integrated; a bench: "
+            "estimated from the reads around each pulse).",
+            registry=r,
+        )
         self.runs = Counter(
             "memprog_runs",
             "Programming runs ended, by strategy and outcome (done|aborted|failed).",
@@ -195,9 +201,14 @@ class MeteredStorage(Storage):
         super().record_pulse(rows, *args, **kwargs)
         self.metrics.pulses.inc(len(np.asarray(rows)))
 
-    def settle_pulses(self, first_id: int, n: int, fired: int, uncertain: bool = False) -> None:
-        super().settle_pulses(first_id, n, fired, uncertain)
-        self.metrics.pulses.inc(max(0, min(int(fired), n)))
+    def settle_pulses(self, first_id: int, n: int, fired: int, uncertain: bool = False,
+                      energy: np.ndarray | None = None) -> None:
+        super().settle_pulses(first_id, n, fired, uncertain, energy)
+        done = max(0, min(int(fired), n))
+        self.metrics.pulses.inc(done)
+        if energy is not None and done:
+            joules = np.asarray(energy, dtype=float)[:done]
+            self.metrics.pulse_energy.inc(float(joules[np.isfinite(joules)].sum()))
 
     def start_run(self, params: RunParams) -> int:
         run_id = super().start_run(params)

@@ -284,6 +284,10 @@ class CellResult(BaseModel):
     trace: list[TraceStep] | None = Field(
         None, description="Every pulse and its result (trace=true), else null."
     )
+    energy: float | None = Field(
+        None, description="Energy this cell's pulses delivered to its device, J (simulated: "
+        "∫ V·I dt; a bench: estimated from the reads around each pulse); null if not known."
+    )
 
 
 class ProgramResponse(BaseModel):
@@ -292,6 +296,8 @@ class ProgramResponse(BaseModel):
     converged: int | None = Field(description="Cells converged (null in one shot).")
     total_pulses: int = Field(description="Pulses fired in this run.")
     reads: int = Field(description="Cell reads made in this run (initial and verify reads).")
+    energy: float | None = Field(
+        None, description="Energy all its pulses delivered, J (null if not known for all).")
     results: list[CellResult] = Field(description="One result per target, in request order.")
 
 
@@ -318,6 +324,8 @@ class RunSummary(BaseModel):
     total_pulses: int | None = Field(description="Pulses fired (null if unfinished).")
     error: str | None = Field(description="Why the run failed, else null.")
     station: str = Field(description="The station whose bench ran it (MEMPROG_STATION).")
+    energy: float | None = Field(
+        None, description="Energy its pulses delivered, J (as recorded: null if none known).")
 
 
 class RunList(BaseModel):
@@ -382,6 +390,10 @@ class JobRecord(BaseModel):
     station: str = Field(
         description="The station that runs it (MEMPROG_STATION): only that station runs, "
         "recovers or aborts it."
+    )
+    energy: float | None = Field(
+        None, description="Energy its pulses delivered so far, J, as recorded in the log "
+        "(null while it runs and when none is known)."
     )
 
 

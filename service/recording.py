@@ -32,8 +32,9 @@ def pulse_and_record(
     voltage: np.ndarray,
     width: np.ndarray,
     run_id: int | None = None,
-) -> None:
-    """Reserve the pulses in the log, fire them, settle what was fired, commit.
+) -> np.ndarray | None:
+    """Reserve the pulses in the log, fire them, settle what was fired (with the energy each
+    delivered, when the backend knows it), commit; that energy (J, None if not known).
 
     Raises :class:`LogUnavailable` before firing when the log cannot take the pulses (nothing
     fired). A settlement the log cannot take goes to the side journal (``storage.failure`` then
@@ -43,7 +44,7 @@ def pulse_and_record(
     width = np.broadcast_to(np.asarray(width, dtype=float), rows.shape)
     first = storage.reserve_pulses(rows, cols, voltage, width, run_id)
     try:
-        backend.pulse(rows, cols, voltage, width)
+        energy = backend.pulse(rows, cols, voltage, width)
     except BackendError as exc:
         storage.settle_pulses(first, rows.size, int(exc.completed), bool(exc.uncertain))
         storage.commit()
@@ -59,8 +60,9 @@ def pulse_and_record(
         raise
     # A log that breaks here keeps the settlement in the side journal; the caller goes on
     # (its verify read and progress are journaled too) and the next reservation refuses.
-    storage.settle_pulses(first, rows.size, rows.size)
+    storage.settle_pulses(first, rows.size, rows.size, energy=energy)
     storage.commit()
+    return energy
 
 
 class LogRecorder:
@@ -77,11 +79,15 @@ class LogRecorder:
         self.storage.record_read(result, run_id)
 
     def fire(self, backend: Backend, rows: np.ndarray, cols: np.ndarray, voltage: np.ndarray,
-             width: np.ndarray, run_id: int | None = None) -> None:
-        pulse_and_record(backend, self.storage, rows, cols, voltage, width, run_id)
+             width: np.ndarray, run_id: int | None = None) -> np.ndarray | None:
+        return pulse_and_record(backend, self.storage, rows, cols, voltage, width, run_id)
 
     def commit(self) -> None:
         self.storage.commit()
+
+    def record_energy(self, rows: np.ndarray, cols: np.ndarray, energy: np.ndarray,
+                      run_id: int | None = None) -> None:
+        self.storage.estimate_energy(rows, cols, energy, run_id)
 
     def device_memory(self, key: str, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         return self.storage.device_memory(key, rows, cols)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from sim_backend import variability as var
-from sim_backend.integrator import DEFAULT_TOL, IntegrationStats, apply_pulses
+from sim_backend.integrator import DEFAULT_TOL, IntegrationStats, integrate_pulses
 from sim_backend.jart import (
     N_HI,
     N_LO,
@@ -207,8 +207,10 @@ class Crossbar:
         return (current(self._N, v_read) / v_read).reshape(self.shape)
 
     # ------------------------------------------------------------------------------- pulses
-    def pulse(self, rows, cols, voltage, width) -> None:
-        """One rectangular pulse per cell: ``voltage`` (V) for ``width`` (s), broadcast.
+    def pulse(self, rows, cols, voltage, width) -> np.ndarray:
+        """One rectangular pulse per cell: ``voltage`` (V) for ``width`` (s), broadcast; the
+        energy each pulse delivered to its device, E = ∫ V·I(V, N(t)) dt in J (flattened, in the
+        order of the cells; :func:`sim_backend.integrator.integrate_pulses`).
 
         SET at negative voltage, RESET at positive. Raises ValueError (nothing applied) for a
         voltage outside [-0.9, +1.3] V (the range the fitted current is validated for), a width
@@ -231,14 +233,20 @@ class Crossbar:
         if np.unique(index).size != index.size:
             raise ValueError("rows, cols: a cell appears twice in one pulse call")
         if index.size == 0:
-            return
+            return np.zeros(0)
 
         moving = ~self._stuck[index]
+        where = np.flatnonzero(moving)
+        energy = np.zeros(index.size)
+        if where.size < index.size:  # a stuck device does not move, but it conducts
+            stuck = ~moving
+            energy[stuck] = V[stuck] * current(self._N[index[stuck]], V[stuck]) * W[stuck]
         index, V, W = index[moving], V[moving], W[moving]
         N_before = self._N[index]
         params = DeviceParams(**{k: v[index] for k, v in self._now.items()})
-        N_after, self.last_stats = apply_pulses(N_before, V, W, params, tol=self.tol,
-                                                const=self._const)
+        outcome = integrate_pulses(N_before, V, W, params, tol=self.tol, const=self._const)
+        N_after, self.last_stats = outcome.N, outcome.stats
+        energy[where] = outcome.energy
         self._N[index] = N_after
         self.pulse_count[index] += 1
 
@@ -256,6 +264,7 @@ class Crossbar:
             )
             for k in var.PARAMETERS:
                 self._now[k][idx] = getattr(updated, k)
+        return energy
 
     # ------------------------------------------------------------------------ save and load
     def save(self, path: str | os.PathLike) -> None:

@@ -27,6 +27,7 @@ from sim_backend.jart import (
     NOMINAL,
     DeviceParams,
     JartConstants,
+    current,
     reset_coefficients,
     set_coefficients,
 )
@@ -76,14 +77,24 @@ class _Polarity:
             self.N_bound[keep],
         )
 
-    def log_rate(self, u: np.ndarray, const: JartConstants) -> np.ndarray:
-        """du/dt = (dN/dt) / N at u = ln N, for the active devices."""
+    def current(self, u: np.ndarray) -> np.ndarray:
+        """I(V, N) at u = ln N (A), for the active devices (the JART v1b fit)."""
         N = np.exp(u)
         k = self.k
         if self.is_set:
-            I = -k["A"] - k["B"] / (1.0 + (k["c"] / N) ** k["d"]) ** k["f"]
-        else:
-            I = k["g"] / (1.0 + k["h"] * (N / FIT.N_min_nom) ** (-FIT.j0)) ** (1.0 / FIT.k0)
+            return -k["A"] - k["B"] / (1.0 + (k["c"] / N) ** k["d"]) ** k["f"]
+        return k["g"] / (1.0 + k["h"] * (N / FIT.N_min_nom) ** (-FIT.j0)) ** (1.0 / FIT.k0)
+
+    def log_rate(self, u: np.ndarray, const: JartConstants) -> np.ndarray:
+        """du/dt = (dN/dt) / N at u = ln N, for the active devices."""
+        return self.log_rate_and_power(u, const)[0]
+
+    def log_rate_and_power(self, u: np.ndarray, const: JartConstants
+                           ) -> tuple[np.ndarray, np.ndarray]:
+        """du/dt at u = ln N and the power P = V·I (W, ≥ 0: V and I share their sign) the
+        device draws there, for the active devices."""
+        N = np.exp(u)
+        I = self.current(u)
         R_series = const.R_TiOx + const.R0 * (
             1.0 + const.R0 * const.alpha_line * I * I * const.R_th_line
         )
@@ -101,7 +112,7 @@ class _Polarity:
         inv_kT = const.dWA / (K_B_EV * T)
         hop = np.exp(-(base - half) * inv_kT) - np.exp(-(base + half) * inv_kT)
         magnitude = 0.5 * (const.N_plug + N) * self.prefactor * window * hop / N
-        return magnitude if self.is_set else -magnitude
+        return (magnitude if self.is_set else -magnitude), self.V * I
 
 
 def _polarity_group(
@@ -133,6 +144,16 @@ def _polarity_group(
 
 
 @dataclass(frozen=True)
+class PulseOutcome:
+    """What :func:`integrate_pulses` gives per device: the state after the pulse and the energy
+    the pulse delivered to it."""
+
+    N: np.ndarray  # 1e26 m^-3, clamped to [N_lo, N_hi]
+    energy: np.ndarray  # J: E = ∫ V·I(V, N(t)) dt over the pulse (≥ 0)
+    stats: IntegrationStats
+
+
+@dataclass(frozen=True)
 class IntegrationStats:
     """Work done by one call of :func:`apply_pulses` (for benchmarks and tests)."""
 
@@ -153,12 +174,38 @@ def apply_pulses(
     """N after one rectangular pulse per device: ``V[i]`` volts for ``width[i]`` seconds.
 
     N0, V, width are 1-D arrays of one length; ``params`` fields are scalars or arrays of that
-    length. Returns the new N (clamped to [N_lo, N_hi]) and integration statistics.
+    length. Returns the new N (clamped to [N_lo, N_hi]) and integration statistics
+    (:func:`integrate_pulses` also gives each pulse's energy).
+    """
+    out = integrate_pulses(N0, V, width, params, tol=tol, const=const, max_rounds=max_rounds)
+    return out.N, out.stats
+
+
+def integrate_pulses(
+    N0: np.ndarray,
+    V: np.ndarray,
+    width: np.ndarray,
+    params: DeviceParams,
+    *,
+    tol: float = DEFAULT_TOL,
+    const: JartConstants = NOMINAL,
+    max_rounds: int = 100_000,
+) -> PulseOutcome:
+    """N after one rectangular pulse per device, and the energy each pulse delivered:
+
+        E = ∫₀^width V · I(V, N(t)) dt   (J),
+
+    integrated with the state by the same Dormand–Prince stages (the fifth-order weights on
+    the stage powers, an extra quadrature component of the ODE system that costs no extra
+    rate evaluation); a device at the bound it is driven towards (already, or reached during
+    the pulse) draws I(V, N_bound) for the rest of it.
     """
     N0 = np.asarray(N0, dtype=float)
     V = np.broadcast_to(np.asarray(V, dtype=float), N0.shape)
     width = np.broadcast_to(np.asarray(width, dtype=float), N0.shape)
     N_end = np.clip(N0.copy(), const.N_lo, const.N_hi)
+    # Devices that do not move (V = 0, or already at their bound): constant power.
+    energy = np.where(width > 0, V * current(N_end, V) * width, 0.0)
     steps = evaluations = 0
     for is_set in (True, False):
         chosen = (V < 0) & (width > 0) if is_set else (V > 0) & (width > 0)
@@ -168,13 +215,15 @@ def apply_pulses(
         if index.size == 0:
             continue
         group = _polarity_group(is_set, V[index], params.take(index), const)
-        u_end, s, e = _integrate_group(
+        u_end, e_end, s, e = _integrate_group(
             group, np.log(N_end[index]), width[index].copy(), tol, const, max_rounds
         )
         N_end[index] = np.exp(u_end)
+        energy[index] = e_end
         steps += s
         evaluations += e
-    return np.clip(N_end, const.N_lo, const.N_hi), IntegrationStats(steps, evaluations)
+    return PulseOutcome(np.clip(N_end, const.N_lo, const.N_hi), np.maximum(energy, 0.0),
+                        IntegrationStats(steps, evaluations))
 
 
 def _integrate_group(
@@ -184,16 +233,21 @@ def _integrate_group(
     tol: float,
     const: JartConstants,
     max_rounds: int,
-) -> tuple[np.ndarray, int, int]:
-    """Dormand–Prince 5(4) on u = ln N for one polarity group; returns final u and counts."""
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Dormand–Prince 5(4) on u = ln N for one polarity group, with the energy E = ∫ P dt as a
+    quadrature component (its stages are the powers at the state's stages, weighted by the
+    fifth-order weights); returns the final u, the energies and the counts."""
     u_lo, u_hi = np.log(const.N_lo), np.log(const.N_hi)
     u_out = u.copy()
+    e_out = np.zeros(u.size)
+    energy = np.zeros(u.size)
     alive = np.arange(u.size)  # positions in u_out of the devices still integrating
+    bound = u_hi if group.is_set else u_lo
 
-    def f(x: np.ndarray, g: _Polarity) -> np.ndarray:
-        return g.log_rate(np.clip(x, u_lo, u_hi), const)
+    def f(x: np.ndarray, g: _Polarity) -> tuple[np.ndarray, np.ndarray]:
+        return g.log_rate_and_power(np.clip(x, u_lo, u_hi), const)
 
-    k1 = f(u, group)
+    k1, p1 = f(u, group)
     evaluations = u.size
     # First step: at most a 1 % change of N (error control takes over from there).
     h = np.minimum(t_left, 0.01 / np.maximum(np.abs(k1), 1e-300))
@@ -203,7 +257,7 @@ def _integrate_group(
         if rounds > max_rounds:
             raise RuntimeError("pulse integration did not finish: step size collapsed")
         h = np.minimum(h, t_left)
-        ks = [k1]
+        ks, ps = [k1], [p1]
         for stage in range(1, 7):
             a = _A[stage]
             du = a[0] * ks[0]
@@ -213,22 +267,34 @@ def _integrate_group(
             x = u + h * du
             if stage == 6:
                 u_new = x  # row 7 of the tableau is the fifth-order solution (FSAL)
-            ks.append(f(x, group))
+            k, p = f(x, group)
+            ks.append(k)
+            ps.append(p)
         evaluations += 6 * alive.size
         err = np.abs(h * sum(e * k for e, k in zip(_E, ks, strict=True) if e))
         accept = err <= tol
         # Past the bound the device stops there (stages beyond it see the rate at the bound).
         hit = (u_new >= u_hi) if group.is_set else (u_new <= u_lo)
+        # ∫ P dt over the step: the fifth-order weights (row 7) on the stage powers.
+        step_energy = h * sum(b * p for b, p in zip(_A[6], ps, strict=False) if b)
         u = np.where(accept, u_new, u)
+        energy = np.where(accept, energy + step_energy, energy)
         t_left = np.where(accept, t_left - h, t_left)
         k1 = np.where(accept, ks[6], k1)
+        p1 = np.where(accept, ps[6], p1)
         factor = 0.9 * (tol / np.maximum(err, 1e-300)) ** 0.2
         h = h * np.clip(factor, 0.2, 5.0)
         finished = (accept & hit) | (t_left <= 0.0)
         if np.any(finished):
-            u_out[alive[finished]] = u[finished]
+            done = alive[finished]
+            u_out[done] = u[finished]
+            # at the bound for the rest of the pulse: its power there, constant
+            rest = np.maximum(t_left[finished], 0.0)
+            at_bound = f(np.full(done.size, bound), group.take(finished))[1]
+            e_out[done] = energy[finished] + at_bound * rest
             keep = ~finished
             alive = alive[keep]
-            u, t_left, h, k1 = u[keep], t_left[keep], h[keep], k1[keep]
+            u, t_left, h, k1, p1, energy = (u[keep], t_left[keep], h[keep], k1[keep], p1[keep],
+                                            energy[keep])
             group = group.take(keep)
-    return np.clip(u_out, u_lo, u_hi), rounds, evaluations
+    return np.clip(u_out, u_lo, u_hi), e_out, rounds, evaluations

@@ -24,7 +24,9 @@ from service.store import (
 from service.store.database import is_postgres
 from service.store.dblock import DatabaseInUse
 from service.store.keys import KeyStore
+from service.store.schema import OPERATION_COLUMNS
 
+STATION, NOTE, KIND = (OPERATION_COLUMNS.index(c) for c in ("station", "note", "kind"))
 PARAMS = RunParams(strategy="ispp", tolerance=0.02, max_pulses=10, verify=True, v_read=0.2,
                    n_targets=2)
 
@@ -90,11 +92,11 @@ def test_every_row_carries_its_station_and_reads_filter_by_it(stations, store_ta
         assert b.device_memory("k", np.array([0]), np.array([0]))[0] != 0.5  # not its device
         assert [r["station"] for r in b.list_runs(station="bench-b")] == []
         assert b.count_operations("bench-b") == {"read": 1, "pulse": 0}
-        assert {op[-1] for op in b.iter_operations()} == {"bench-a", "bench-b"}
+        assert {op[STATION] for op in b.iter_operations()} == {"bench-a", "bench-b"}
     assert a.get_job(job)["station"] == "bench-a"
     assert [r["station"] for r in a.list_runs(station="bench-a")] == ["bench-a"]
     assert a.count_operations("bench-a") == {"read": 2, "pulse": 2}
-    assert {op[-1] for op in a.iter_operations(station="bench-a")} == {"bench-a"}
+    assert {op[STATION] for op in a.iter_operations(station="bench-a")} == {"bench-a"}
     assert a.device_memory("k", np.array([0]), np.array([0]))[0] == 0.5
 
 
@@ -108,7 +110,7 @@ def test_reservations_of_two_stations_interleave_and_settle_apart(pg_stations):
     b.settle_pulses(fb, 2, 2)
     a.commit_durable()
     b.commit_durable()
-    notes = {st: [op[-2] for op in a.iter_operations(station=st)]
+    notes = {st: [op[NOTE] for op in a.iter_operations(station=st)]
              for st in ("bench-a", "bench-b")}
     assert notes == {"bench-a": [None, UNCERTAIN_FIRE], "bench-b": [None, None]}
 
@@ -125,7 +127,7 @@ def test_a_station_recovers_only_its_own_work(stations, store_target, tmp_path):
         stations("bench-b")
         assert a.get_job(job)["status"] == "running"
         assert a.get_run(run)["status"] == "running"
-        assert [op[-2] for op in a.iter_operations()] == [PENDING, PENDING]
+        assert [op[NOTE] for op in a.iter_operations()] == [PENDING, PENDING]
         # a second service of station a is refused on the server (its advisory lock)
         with pytest.raises(DatabaseInUse, match="bench-a"):
             Storage(store_target, "simulated", station="bench-a", state_dir=tmp_path / "other")
@@ -135,7 +137,7 @@ def test_a_station_recovers_only_its_own_work(stations, store_target, tmp_path):
     a2 = stations("bench-a")
     assert a2.get_job(job)["status"] == "interrupted"
     assert a2.get_run(run)["status"] == "interrupted"
-    assert [op[-2] for op in a2.iter_operations()] == [CRASHED_PENDING, CRASHED_PENDING]
+    assert [op[NOTE] for op in a2.iter_operations()] == [CRASHED_PENDING, CRASHED_PENDING]
 
 
 def test_the_key_table_is_the_labs_and_uses_are_per_station(store_target, tmp_path):
@@ -201,6 +203,33 @@ def test_writes_held_when_the_server_goes_away_are_replayed_once(pg_stations):
     assert a.recover() and a.failure is None and a.journal_records == 0
     a.commit_durable()
     ops = list(a.iter_operations(station="bench-a"))
-    assert [(op[2], op[-2]) for op in ops] == [("pulse", None), ("pulse", None),
+    assert [(op[KIND], op[NOTE]) for op in ops] == [("pulse", None), ("pulse", None),
                                                 ("read", None), ("read", None)]
     assert a.recover() and len(list(a.iter_operations())) == 4  # replayed once
+
+
+def test_each_fired_pulse_records_the_energy_it_delivered(stations):
+    a = stations("bench-a")
+    first = a.reserve_pulses(*pulses(3))
+    a.settle_pulses(first, 3, 1, uncertain=True, energy=np.array([1.5e-12, 2.5e-12, 3.5e-12]))
+    second = a.reserve_pulses(*pulses(2))
+    a.settle_pulses(second, 2, 2, energy=np.array([4e-12, np.nan]))
+    a.commit_durable()
+    energy = OPERATION_COLUMNS.index("energy")
+    got = [(op[NOTE] is None, op[energy]) for op in a.iter_operations()]
+    # the fired one has its energy; the uncertain one none (not known it was fired); a NaN is
+    # stored as unknown
+    assert got == [(True, 1.5e-12), (False, None), (True, 4e-12), (True, None)]
+
+
+def test_energies_of_interleaved_reservations_go_to_the_right_pulses(pg_stations):
+    a, b = pg_stations("bench-a"), pg_stations("bench-b")
+    fa = a.reserve_pulses(*pulses(3))
+    fb = b.reserve_pulses(*pulses(2))
+    b.settle_pulses(fb, 2, 2, energy=np.array([20e-12, 21e-12]))
+    a.settle_pulses(fa, 3, 3, energy=np.array([10e-12, 11e-12, 12e-12]))
+    a.commit_durable()
+    b.commit_durable()
+    energy = OPERATION_COLUMNS.index("energy")
+    assert [op[energy] for op in a.iter_operations(station="bench-a")] == [10e-12, 11e-12, 12e-12]
+    assert [op[energy] for op in a.iter_operations(station="bench-b")] == [20e-12, 21e-12]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from fastapi import APIRouter, HTTPException, Response
 
@@ -53,12 +55,14 @@ def _response(job: ProgramJob, out: ProgramOutcome) -> ProgramResponse:
     converged = [None] * n if out.converged is None else out.converged.tolist()
     traces = [None] * n if out.traces is None else out.traces
     stopped = [None] * n if out.stopped is None else out.stopped
+    energy = [None] * n if out.energy is None else [
+        None if not math.isfinite(e) else e for e in out.energy.tolist()]
     results = [
         CellResult(
             row=r, col=c, start=s, target=t, final=f, pulses=p, converged=k, stopped=why,
-            trace=tr,
+            trace=tr, energy=e,
         )
-        for r, c, s, t, f, p, k, why, tr in zip(
+        for r, c, s, t, f, p, k, why, tr, e in zip(
             job.rows.tolist(),
             job.cols.tolist(),
             out.start.tolist(),
@@ -68,14 +72,17 @@ def _response(job: ProgramJob, out: ProgramOutcome) -> ProgramResponse:
             converged,
             stopped,
             traces,
+            energy,
             strict=True,
         )
     ]
+    known = [e for e in energy if e is not None]
     return ProgramResponse(
         run_id=out.run_id,
         strategy=job.strategy,
         converged=None if out.converged is None else int(np.count_nonzero(out.converged)),
         total_pulses=out.pulses_fired,
         reads=out.reads,
+        energy=sum(known) if len(known) == n else None,
         results=results,
     )

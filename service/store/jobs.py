@@ -88,7 +88,8 @@ class JobStore(LogParts):
         """The job ``job_id``, whichever station runs it (``station`` says which)."""
         with self.db.reading() as conn:
             row = conn.execute(
-                f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs WHERE id = ?", (job_id,)
+                f"SELECT {', '.join(JOB_COLUMNS)}, {_JOB_ENERGY} FROM jobs WHERE id = ?",
+                (job_id,),
             ).fetchone()
         return None if row is None else _job_dict(row)
 
@@ -98,7 +99,8 @@ class JobStore(LogParts):
         where, args = ("WHERE station = ? ", (station,)) if station is not None else ("", ())
         with self.db.reading() as conn:
             rows = conn.execute(
-                f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs {where}ORDER BY id DESC "
+                f"SELECT {', '.join(JOB_COLUMNS)}, {_JOB_ENERGY} FROM jobs {where}"
+                "ORDER BY id DESC "
                 "LIMIT ? OFFSET ?",
                 (*args, limit, offset),
             ).fetchall()
@@ -121,7 +123,13 @@ def _job_update(job_id: int, fields: dict[str, object]) -> tuple[str, tuple]:
     return sql, (*(fields[name] for name in names), job_id)
 
 
+_JOB_ENERGY = ("(SELECT SUM(o.energy) FROM operations o WHERE o.run_id = jobs.run_id "
+               "AND o.kind = 'pulse') AS energy")
+"""The energy a job's pulses delivered (J; NULL when none is known), beside its columns."""
+
+
 def _job_dict(row: db.Row) -> dict:
     job = {name: row[name] for name in JOB_COLUMNS}
     job["verify"] = bool(job["verify"])
+    job["energy"] = row["energy"]
     return job

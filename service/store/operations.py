@@ -23,6 +23,9 @@ from drivers.base import ReadResult
 from service.store import db
 from service.store.base import PENDING, UNCERTAIN_FIRE, LogParts, LogUnavailable, journaled
 
+ENERGY_CHUNK = 10_000
+"""Pulses whose energy one statement sets (two parameters each: within SQLite's 32,766)."""
+
 
 class OperationLog(LogParts):
     """Record reads and pulses. Mixed into :class:`~service.store.Storage`, whose writer
@@ -124,6 +127,50 @@ class OperationLog(LogParts):
             ),
         ))
 
+    def _set_energy(self, first_id: int, energy: np.ndarray) -> None:
+        """The energies (J) of this station's pending pulses from ``first_id`` on, in id order
+        (the k-th pending pulse gets ``energy[k]``; non-finite values stay NULL), by rank: ids
+        of a shared database are not consecutive."""
+        step = ENERGY_CHUNK
+        for start in range(0, energy.size, step):
+            chunk = energy[start:start + step]
+            values = ", ".join(["(?, ?)"] * chunk.size)
+            self.db.write(
+                self._conn,
+                "UPDATE operations SET energy = v.e FROM "
+                f"(SELECT column1 AS k, column2 AS e FROM (VALUES {values}) AS x) AS v, "
+                "(SELECT id, ROW_NUMBER() OVER (ORDER BY id) AS k FROM operations "
+                "WHERE station = ? AND note = ? AND id >= ? AND kind = 'pulse') AS r "
+                "WHERE operations.id = r.id AND r.k = v.k",
+                (*(x for k, e in enumerate(chunk.tolist(), start + 1)
+                   for x in (k, e if np.isfinite(e) else None)),
+                 self.station, PENDING, first_id),
+            )
+
+    @journaled
+    def estimate_energy(self, rows: np.ndarray, cols: np.ndarray, energy: np.ndarray,
+                        run_id: int | None = None) -> None:
+        """The estimated energy (J) of this station's last pulse at each cell (of ``run_id``),
+        where none is recorded (:func:`programming.loop.estimated_energy`)."""
+        energy = np.asarray(energy, dtype=float)
+        rows, cols = np.asarray(rows).ravel(), np.asarray(cols).ravel()
+        ok = np.isfinite(energy)
+        in_run = "run_id = ?" if run_id is not None else "run_id IS NULL"
+        for start in range(0, int(ok.sum()), ENERGY_CHUNK // 2):
+            pick = np.flatnonzero(ok)[start:start + ENERGY_CHUNK // 2]
+            values = ", ".join(["(?, ?, ?)"] * pick.size)
+            params: list = [x for i in pick.tolist()
+                            for x in (int(rows[i]), int(cols[i]), float(energy[i]))]
+            self.db.write(
+                self._conn,
+                "UPDATE operations SET energy = v.e FROM "
+                f"(SELECT column1 AS r, column2 AS c, column3 AS e FROM (VALUES {values}) AS x)"
+                " AS v WHERE operations.id = (SELECT MAX(o.id) FROM operations o WHERE "
+                f"o.station = ? AND o.kind = 'pulse' AND o.{in_run} AND o.row = v.r "
+                "AND o.col = v.c) AND operations.energy IS NULL",
+                (*params, self.station, *(() if run_id is None else (run_id,))),
+            )
+
     def reserve_pulses(
         self,
         rows: np.ndarray,
@@ -166,13 +213,16 @@ class OperationLog(LogParts):
             return int(first)
 
     @journaled
-    def settle_pulses(self, first_id: int, n: int, fired: int, uncertain: bool = False) -> None:
+    def settle_pulses(self, first_id: int, n: int, fired: int, uncertain: bool = False,
+                      energy: np.ndarray | None = None) -> None:
         """After firing the ``n`` pulses reserved from ``first_id``: the first ``fired`` were
         fired (their time is now), the next one perhaps (``uncertain``, kept with a note), the
         rest were not (removed). The reservation is this station's pending pulses from
         ``first_id`` on, in id order (on a shared database, other stations' ids interleave)."""
         fired = max(0, min(int(fired), n))
         maybe = 1 if uncertain and fired < n else 0
+        if energy is not None and fired:
+            self._set_energy(first_id, np.asarray(energy, dtype=float)[:fired])
         reserved = ("SELECT id FROM operations WHERE station = ? AND note = ? AND id >= ? "
                     "AND kind = 'pulse' ORDER BY id LIMIT ?")
         with self._lock:

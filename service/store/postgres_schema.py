@@ -196,7 +196,12 @@ def _version_5(conn: Connection) -> None:
     conn.execute(VERSION_5)
 
 
-STEPS: dict[int, Callable[[Connection], None]] = {5: _version_5}
+def _version_6(conn: Connection) -> None:
+    """Version 6: the energy a pulse delivered to its device (J), as SQLite's step 6."""
+    conn.execute("ALTER TABLE operations ADD COLUMN energy DOUBLE PRECISION")
+
+
+STEPS: dict[int, Callable[[Connection], None]] = {5: _version_5, 6: _version_6}
 """Migration steps: ``STEPS[n]`` brings version n - 1 (4: an empty database) to n."""
 
 VERSION = max(STEPS)

@@ -29,8 +29,8 @@ class LogReader:
         where, args = _of(station)
         with self.db.reading() as conn:
             rows = conn.execute(
-                f"SELECT {', '.join(RUN_COLUMNS)} FROM runs{where} ORDER BY id DESC "
-                "LIMIT ? OFFSET ?",
+                f"SELECT {', '.join(RUN_COLUMNS)}, {_RUN_ENERGY} FROM runs{where} "
+                "ORDER BY id DESC LIMIT ? OFFSET ?",
                 (*args, limit, offset),
             ).fetchall()
         return [_run_dict(row) for row in rows]
@@ -38,7 +38,8 @@ class LogReader:
     def get_run(self, run_id: int) -> dict | None:
         with self.db.reading() as conn:
             row = conn.execute(
-                f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE id = ?", (run_id,)
+                f"SELECT {', '.join(RUN_COLUMNS)}, {_RUN_ENERGY} FROM runs WHERE id = ?",
+                (run_id,),
             ).fetchone()
             if row is None:
                 return None
@@ -48,6 +49,9 @@ class LogReader:
                 "FROM run_results WHERE run_id = ? ORDER BY idx",
                 (run_id,),
             ).fetchall()
+            energy = {(r[0], r[1]): r[2] for r in conn.execute(
+                "SELECT row, col, SUM(energy) FROM operations WHERE run_id = ? "
+                "AND kind = 'pulse' GROUP BY row, col", (run_id,)).fetchall()}
         run["results"] = [
             {
                 "row": r["row"],
@@ -58,10 +62,19 @@ class LogReader:
                 "pulses": r["pulses"],
                 "converged": None if r["converged"] is None else bool(r["converged"]),
                 "stopped": r["stopped"],
+                "energy": energy.get((r["row"], r["col"])),
             }
             for r in results
         ]
         return run
+
+    def run_energy(self, run_id: int) -> float | None:
+        """The energy the run's pulses delivered (J), None when none is known."""
+        with self.db.reading() as conn:
+            (energy,) = conn.execute(
+                "SELECT SUM(energy) FROM operations WHERE run_id = ? AND kind = 'pulse'",
+                (run_id,)).fetchone()
+        return None if energy is None else float(energy)
 
     def run_traces(self, run_id: int) -> dict[tuple[int, int], list[dict]]:
         """Per cell, each pulse of the run with the read that followed it (if any)."""
@@ -198,7 +211,14 @@ def _of(station: str | None) -> tuple[str, tuple]:
     return (" WHERE station = ?", (station,)) if station is not None else ("", ())
 
 
+_RUN_ENERGY = ("(SELECT SUM(o.energy) FROM operations o WHERE o.run_id = runs.id "
+               "AND o.kind = 'pulse') AS energy")
+"""The energy a run's pulses delivered (J; NULL when none is known), beside its columns."""
+
+
 def _run_dict(row: db.Row) -> dict:
     run = {name: row[name] for name in RUN_COLUMNS}
     run["verify"] = bool(run["verify"])
+    if "energy" in row.keys():
+        run["energy"] = row["energy"]
     return run

@@ -118,6 +118,7 @@ OPERATION_COLUMNS = (
     "backend",
     "note",
     "station",
+    "energy",
 )
 
 JOB_COLUMNS = (
@@ -314,6 +315,14 @@ def _stations(conn: sqlite3.Connection, station: str) -> None:
     conn.execute("ALTER TABLE device_memory_by_station RENAME TO device_memory")
 
 
+def _pulse_energy(conn: sqlite3.Connection, station: str) -> None:
+    """Version 6: the energy a pulse delivered to its device (J; simulated, or estimated from
+    the reads around it on a bench; NULL for reads and for pulses recorded before)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(operations)")}
+    if "energy" not in columns:
+        conn.execute("ALTER TABLE operations ADD COLUMN energy REAL")
+
+
 def _with_station(step: Callable[[sqlite3.Connection], None]) -> Callable:
     return lambda conn, station: step(conn)
 
@@ -324,6 +333,7 @@ STEPS: tuple[Callable[[sqlite3.Connection, str], None], ...] = (
     _with_station(_api_keys),
     _with_station(_calibrations),
     _stations,
+    _pulse_energy,
 )
 """Migration steps in order: ``STEPS[n - 1]`` brings version n - 1 to n."""
 
