@@ -193,6 +193,23 @@ class Backend(ABC):
         Implementations call :func:`check_pulse` before any I/O.
         """
 
+    def read_currents(self, rows: np.ndarray, cols: np.ndarray, voltages: np.ndarray
+                      ) -> np.ndarray:
+        """The current (A) of each cell at its own read voltage (V; 0: the cell is not driven
+        and carries no current), what a column of a crossbar sums when its rows are driven at
+        those voltages: a layer's product (:mod:`programming.layers`). Reads only, nothing is
+        recorded. Every non-zero |V| must lie within the read limits (:func:`check_read`).
+
+        The default reads the cells one voltage at a time (a bench: cell by cell through the
+        matrix, by superposition); the simulator does them all at once."""
+        rows, cols = np.asarray(rows).ravel(), np.asarray(cols).ravel()
+        voltages = np.asarray(voltages, dtype=float).ravel()
+        out = np.zeros(voltages.size)
+        for v in np.unique(voltages[voltages != 0.0]):
+            chosen = voltages == v
+            out[chosen] = self.read(rows[chosen], cols[chosen], float(v)).current
+        return out
+
     @abstractmethod
     def safe_state(self) -> None:
         """0 V, outputs off, switch matrix open. Must not raise for a backend already safe."""

@@ -20,6 +20,7 @@ from service.body_limit import BodyLimitMiddleware, default_max_body_bytes
 from service.calibrations import CalibrationManager
 from service.config import Settings, load_settings
 from service.jobs import JobManager
+from service.layers import LayerManager
 from service.metrics import LatencyMiddleware, MeteredStorage, Metrics
 from service.owner import BackendOwner
 from service.predictor_models import ModelRegistry
@@ -31,6 +32,7 @@ from service.routers import (
     emergency,
     health,
     jobs,
+    layers,
     program,
     pulses,
     reads,
@@ -85,6 +87,7 @@ def create_app(
         app.state.memprog = ServiceState(settings=settings, owner=owner)
         app.state.jobs = JobManager(owner, asyncio.get_running_loop())
         app.state.calibrations = CalibrationManager(app.state.jobs, models, app.state.memprog)
+        app.state.layers = LayerManager(app.state.jobs, app.state.memprog)
         metrics.watch(
             queue_depth=lambda: owner.queued,
             jobs=owner.storage.count_jobs,
@@ -155,6 +158,7 @@ def create_app(
         program: [Depends(require("program"))],
         predictor_router: [Depends(require_by_method({"GET": "read", "POST": "admin"}))],
         jobs: [],
+        layers: [],
         calibrations: [],
         emergency: [],
     }

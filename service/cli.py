@@ -67,6 +67,13 @@ def _benchmark_memory(args: argparse.Namespace) -> int:
                                 population=args.population, calibrate=args.calibrate)
 
 
+def _benchmark_layer(args: argparse.Namespace) -> int:
+    from service.benchmark_layer import run_layer_benchmark
+
+    run_layer_benchmark(args.out, plots=not args.no_plots)
+    return 0
+
+
 def _benchmark_foreign(args: argparse.Namespace) -> int:
     from predictor.benchmark_foreign import run_benchmark
 
@@ -188,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     foreign.add_argument("--cols", type=int, default=64)
     foreign.add_argument("--no-plots", action="store_true", help="JSON and Markdown only")
     foreign.set_defaults(func=_benchmark_foreign)
+
+    layer = bench_sub.add_parser(
+        "layer", help="a 64x32 layer of a digits classifier on a simulated array: programming "
+        "energy and time per strategy, product accuracy, read power")
+    layer.add_argument("--out", default="docs/bench/layer", help="report directory")
+    layer.add_argument("--no-plots", action="store_true", help="JSON only")
+    layer.set_defaults(func=_benchmark_layer)
 
     memory = bench_sub.add_parser(
         "memory", help="device memory: one shot and write-and-verify with and without it"

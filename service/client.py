@@ -44,6 +44,7 @@ from service.models import (
     RunList,
 )
 from service.models_calibration import CALIBRATION_TERMINAL, CalibrationRecord, ModelList
+from service.models_layers import LayerDetail, LayerList, LayerRecord, MultiplyResponse
 
 API = "/api/v1"
 
@@ -197,6 +198,59 @@ class MemprogClient:
         for record in self.job_events(job_id, timeout=timeout):
             final = record
         return final if final is not None else self.job(job_id)
+
+    # --- layers: weight matrices held in the array -------------------------------------------
+
+    def program_layer(
+        self,
+        name: str,
+        weights: Sequence[Sequence[float]],
+        *,
+        origin: tuple[int, int] = (0, 0),
+        g_min: float = 110e-6,
+        g_max: float = 500e-6,
+        low_power: bool = False,
+        tolerance: float = 0.02,
+        max_pulses: int = 20,
+        strategy: str | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
+    ) -> LayerDetail:
+        """Hold ``weights`` (rows × outputs, any units) in the array from ``origin`` (a pair of
+        devices per weight, G⁺ − G⁻ ∝ w within [g_min, g_max] S) and, with ``wait``, follow its
+        programming job to the end; the layer (targets, programmed conductances, errors)."""
+        body: dict[str, object] = {
+            "name": name,
+            "weights": [[float(v) for v in row] for row in weights],
+            "origin": {"row": int(origin[0]), "col": int(origin[1])},
+            "mapping": {"kind": "differential", "g_min": g_min, "g_max": g_max,
+                        "low_power": low_power},
+            "tolerance": tolerance,
+            "max_pulses": max_pulses,
+        }
+        if strategy is not None:
+            body["strategy"] = strategy
+        record = LayerRecord.model_validate(self._post("/layers", body))
+        if wait and record.job is not None:
+            self.wait_job(record.job.id, timeout=timeout)
+        return self.layer(name)
+
+    def layer(self, name: str) -> LayerDetail:
+        return LayerDetail.model_validate(self._get(f"/layers/{name}"))
+
+    def layers(self) -> LayerList:
+        return LayerList.model_validate(self._get("/layers"))
+
+    def multiply(self, name: str, inputs: Sequence[Sequence[float]], *,
+                 v_in: float | None = None, t_read: float = 1e-8) -> MultiplyResponse:
+        """The products of input vectors (|x| ≤ 1, one value per layer row; ≤ 1,024 a call)
+        with the layer, read from the array: outputs in weight units, the ideal W·x, currents,
+        read power, energy per product and TOPS/W."""
+        body: dict[str, object] = {"inputs": [[float(v) for v in row] for row in inputs],
+                                   "t_read": t_read}
+        if v_in is not None:
+            body["v_in"] = v_in
+        return MultiplyResponse.model_validate(self._post(f"/layers/{name}/multiply", body))
 
     # --- safety -----------------------------------------------------------------------------
 

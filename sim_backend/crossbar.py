@@ -197,6 +197,20 @@ class Crossbar:
             I = I * (1.0 + self.read_noise * self._read_rng.standard_normal(index.size))
         return I.reshape(shape)
 
+    def read_currents(self, rows, cols, voltages) -> np.ndarray:
+        """Current (A) of each cell at its own voltage (V, non-zero, within the read range),
+        with read noise: each device's nonlinear I(V, N). Never changes N."""
+        voltages = np.asarray(voltages, dtype=float)
+        for v in (voltages.min(initial=V_READ), voltages.max(initial=V_READ)):
+            _check_read_voltage(float(v))
+        if np.any(voltages == 0.0):
+            raise ValueError("voltages: a read voltage must be non-zero")
+        index, shape = self._flat_index(rows, cols)
+        I = current(self._N[index], voltages.ravel())
+        if self.read_noise > 0.0:
+            I = I * (1.0 + self.read_noise * self._read_rng.standard_normal(index.size))
+        return I.reshape(shape)
+
     def read(self, rows, cols, v_read: float = V_READ) -> np.ndarray:
         """Conductance I / v_read (S) of each cell, with read noise. Never changes N."""
         return self.read_current(rows, cols, v_read) / v_read

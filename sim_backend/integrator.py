@@ -46,6 +46,8 @@ _A: tuple[tuple[float, ...], ...] = (
     (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
     (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84),
 )
+_B5 = _A[6]
+"""Fifth-order weights (row 7 of the tableau: the solution), also the energy quadrature's."""
 # Fifth-order weights minus embedded fourth-order weights: the local error estimate.
 _E = (71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40)
 
@@ -248,6 +250,8 @@ def _integrate_group(
         return g.log_rate_and_power(np.clip(x, u_lo, u_hi), const)
 
     k1, p1 = f(u, group)
+    # The power each device draws once at its bound (where it stays for the rest of the pulse).
+    p_bound = f(np.full(u.size, bound), group)[1]
     evaluations = u.size
     # First step: at most a 1 % change of N (error control takes over from there).
     h = np.minimum(t_left, 0.01 / np.maximum(np.abs(k1), 1e-300))
@@ -275,10 +279,16 @@ def _integrate_group(
         accept = err <= tol
         # Past the bound the device stops there (stages beyond it see the rate at the bound).
         hit = (u_new >= u_hi) if group.is_set else (u_new <= u_lo)
-        # ∫ P dt over the step: the fifth-order weights (row 7) on the stage powers.
-        step_energy = h * sum(b * p for b, p in zip(_A[6], ps, strict=False) if b)
+        # ∫ P dt over the step: the fifth-order weights (row 7) on the stage powers (in place:
+        # this is every round's only extra work for the energy).
+        step_energy = _B5[0] * ps[0]
+        for b, p in zip(_B5[1:], ps[1:6], strict=True):
+            if b:
+                step_energy += b * p
+        step_energy *= h
+        step_energy[~accept] = 0.0
+        energy += step_energy
         u = np.where(accept, u_new, u)
-        energy = np.where(accept, energy + step_energy, energy)
         t_left = np.where(accept, t_left - h, t_left)
         k1 = np.where(accept, ks[6], k1)
         p1 = np.where(accept, ps[6], p1)
@@ -290,11 +300,10 @@ def _integrate_group(
             u_out[done] = u[finished]
             # at the bound for the rest of the pulse: its power there, constant
             rest = np.maximum(t_left[finished], 0.0)
-            at_bound = f(np.full(done.size, bound), group.take(finished))[1]
-            e_out[done] = energy[finished] + at_bound * rest
+            e_out[done] = energy[finished] + p_bound[finished] * rest
             keep = ~finished
             alive = alive[keep]
-            u, t_left, h, k1, p1, energy = (u[keep], t_left[keep], h[keep], k1[keep], p1[keep],
-                                            energy[keep])
+            u, t_left, h, k1, p1, energy, p_bound = (u[keep], t_left[keep], h[keep], k1[keep],
+                                                     p1[keep], energy[keep], p_bound[keep])
             group = group.take(keep)
     return np.clip(u_out, u_lo, u_hi), e_out, rounds, evaluations

@@ -201,7 +201,25 @@ def _version_6(conn: Connection) -> None:
     conn.execute("ALTER TABLE operations ADD COLUMN energy DOUBLE PRECISION")
 
 
-STEPS: dict[int, Callable[[Connection], None]] = {5: _version_5, 6: _version_6}
+def _version_7(conn: Connection) -> None:
+    """Version 7: weight matrices held in the arrays (layers), as SQLite's step 7."""
+    conn.execute("""
+CREATE TABLE layers (
+    station TEXT NOT NULL,
+    name TEXT NOT NULL,
+    created DOUBLE PRECISION NOT NULL,
+    rows INTEGER NOT NULL,
+    outputs INTEGER NOT NULL,
+    origin_row INTEGER NOT NULL,
+    origin_col INTEGER NOT NULL,
+    mapping TEXT NOT NULL,
+    weights TEXT NOT NULL,
+    job_id BIGINT REFERENCES jobs(id),
+    PRIMARY KEY (station, name)
+)""")
+
+
+STEPS: dict[int, Callable[[Connection], None]] = {5: _version_5, 6: _version_6, 7: _version_7}
 """Migration steps: ``STEPS[n]`` brings version n - 1 (4: an empty database) to n."""
 
 VERSION = max(STEPS)

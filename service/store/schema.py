@@ -323,6 +323,28 @@ def _pulse_energy(conn: sqlite3.Connection, station: str) -> None:
         conn.execute("ALTER TABLE operations ADD COLUMN energy REAL")
 
 
+LAYERS = """
+CREATE TABLE IF NOT EXISTS layers (   -- weight matrices held in the array (service/layers.py)
+    station TEXT NOT NULL,            -- the station whose array holds it
+    name TEXT NOT NULL,
+    created REAL NOT NULL,            -- Unix time, s
+    rows INTEGER NOT NULL,            -- inputs (word lines)
+    outputs INTEGER NOT NULL,         -- outputs (pairs of bit lines)
+    origin_row INTEGER NOT NULL,      -- the tile's first cell
+    origin_col INTEGER NOT NULL,
+    mapping TEXT NOT NULL,            -- JSON: kind, g_min and g_max (S), low_power, scale (S/unit)
+    weights TEXT NOT NULL,            -- JSON: rows x outputs
+    job_id INTEGER REFERENCES jobs(id), -- the job that programs it
+    PRIMARY KEY (station, name)
+);
+"""
+
+
+def _layers(conn: sqlite3.Connection, station: str) -> None:
+    """Version 7: weight matrices held in the array (layers)."""
+    conn.executescript(LAYERS)
+
+
 def _with_station(step: Callable[[sqlite3.Connection], None]) -> Callable:
     return lambda conn, station: step(conn)
 
@@ -334,6 +356,7 @@ STEPS: tuple[Callable[[sqlite3.Connection, str], None], ...] = (
     _with_station(_calibrations),
     _stations,
     _pulse_energy,
+    _layers,
 )
 """Migration steps in order: ``STEPS[n - 1]`` brings version n - 1 to n."""
 

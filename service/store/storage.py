@@ -34,6 +34,7 @@ from service.store.device_memory import DeviceMemory
 from service.store.jobs import JobStore
 from service.store.journal import DEFAULT_SIZE as JOURNAL_SIZE
 from service.store.journal import SideJournal, journal_path
+from service.store.layers import LayerStore
 from service.store.operations import OperationLog
 from service.store.reader import LogReader
 from service.store.recovery import LogHealth
@@ -42,7 +43,7 @@ from service.store.stations import StationStore
 
 
 class Storage(LogHealth, OperationLog, RunStore, DeviceMemory, JobStore, CalibrationStore,
-              StationStore, LogReader):
+              StationStore, LayerStore, LogReader):
     """The operation log. Write methods belong to one thread (the backend owner's)."""
 
     def __init__(
