@@ -131,6 +131,12 @@ class OperationLog(LogParts):
         """The energies (J) of this station's pending pulses from ``first_id`` on, in id order
         (the k-th pending pulse gets ``energy[k]``; non-finite values stay NULL), by rank: ids
         of a shared database are not consecutive."""
+        if self.db.kind == "sqlite":  # one writer: the reservation's ids are consecutive
+            self._conn.executemany(
+                "UPDATE operations SET energy = ? WHERE id = ?",
+                ((e if np.isfinite(e) else None, first_id + k)
+                 for k, e in enumerate(energy.tolist())))
+            return
         step = ENERGY_CHUNK
         for start in range(0, energy.size, step):
             chunk = energy[start:start + step]
