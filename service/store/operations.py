@@ -227,6 +227,18 @@ class OperationLog(LogParts):
         ``first_id`` on, in id order (on a shared database, other stations' ids interleave)."""
         fired = max(0, min(int(fired), n))
         maybe = 1 if uncertain and fired < n else 0
+        if energy is not None and fired == n == 1:
+            # The common one-pulse batch: its note, time and energy in one statement.
+            e = float(np.asarray(energy, dtype=float).ravel()[0])
+            with self._lock:
+                self.db.write(
+                    self._conn,
+                    "UPDATE operations SET note = NULL, time = ?, energy = ? WHERE station = ? "
+                    "AND note = ? AND id >= ? AND kind = 'pulse'",
+                    (self._clock(), e if np.isfinite(e) else None, self.station, PENDING,
+                     first_id),
+                )
+            return
         if energy is not None and fired:
             self._set_energy(first_id, np.asarray(energy, dtype=float)[:fired])
         reserved = ("SELECT id FROM operations WHERE station = ? AND note = ? AND id >= ? "
