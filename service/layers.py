@@ -21,7 +21,7 @@ import numpy as np
 from fastapi import HTTPException
 
 from drivers.base import Backend, LimitError, check_read
-from programming import InvalidRequest, get_strategy
+from programming import InvalidRequest, default_strategy, get_strategy
 from programming.layers import (
     LayerMapping,
     efficiency,
@@ -108,8 +108,6 @@ class LayerManager:
         return await self.record(request.name)
 
     def _check_range(self, mapping: LayerMapping, strategy: str | None, limits) -> None:
-        from programming import default_strategy
-
         name = strategy or default_strategy()
         try:
             get_strategy(name).validate(np.array([mapping.g_min, mapping.g_max]), limits,

@@ -19,8 +19,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
@@ -33,6 +31,7 @@ from service.launch import ServerProcess
 from service.store import Storage
 from tests.pg import PostgresServer
 from tests.servers import visa_server_env
+from tests.test_jobs import wait_for
 from tests.test_service_visa import ROWS, bench_config
 
 API = "/api/v1"
@@ -40,17 +39,6 @@ COLS = ROWS
 CELLS = [(r, c) for r in range(ROWS) for c in range(COLS)]
 
 pytestmark = pytest.mark.slow
-
-
-def wait_for(check: Callable[[], object], timeout: float, what: str, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(every)
 
 
 def job_body(max_pulses: int) -> dict:

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from fastapi import APIRouter
 
 from drivers.base import BackendUnavailable
 from predictor import strategy as predictor_strategy
 from service.deps import StateDep
 from service.models import HealthResponse, LogHealth
+from service.stations import memprog_version
 
 router = APIRouter(tags=["health"])
-
-
-def _version() -> str:
-    try:
-        return version("memprog")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 @router.get("/health", response_model=HealthResponse, summary="Service status")
@@ -42,7 +34,7 @@ async def health(state: StateDep) -> HealthResponse:
         unavailable=state.owner.unavailable if info is None else None,
         predictor=predictor_strategy.status(),  # live: with the model's fit to the devices
         queued=state.owner.queued,
-        version=_version(),
+        version=memprog_version(),
         station=storage.station,
         database=storage.db.kind,
     )

@@ -26,7 +26,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -296,8 +296,3 @@ def open_database(
         return PostgresDatabase(str(target), station, state_dir)
     return SqliteDatabase(target, station)
 
-
-@contextlib.contextmanager
-def reading(database: Database) -> Iterator[Any]:
-    with database.reading() as conn:
-        yield conn

@@ -23,6 +23,10 @@ from drivers.base import ReadResult
 from service.store import db
 from service.store.base import PENDING, UNCERTAIN_FIRE, LogParts, LogUnavailable, journaled
 
+PULSE_COLUMNS = "time, kind, row, col, voltage, width, run_id, backend, note, station"
+PULSE_MARKS = "?, 'pulse', ?, ?, ?, ?, ?, ?, ?, ?"
+"""A pulse row as it is inserted (:meth:`OperationLog._pulse_rows` gives the values)."""
+
 ENERGY_CHUNK = 10_000
 """Pulses whose energy one statement sets (two parameters each: within SQLite's 32,766)."""
 
@@ -80,13 +84,20 @@ class OperationLog(LogParts):
         run_id: int | None,
         note: str | None,
     ) -> None:
-        rows = np.asarray(rows)
-        n = len(rows)
-        columns = "time, kind, row, col, voltage, width, run_id, backend, note, station"
-        marks = "?, 'pulse', ?, ?, ?, ?, ?, ?, ?, ?"
+        columns, marks = PULSE_COLUMNS, PULSE_MARKS
+        values = self._pulse_rows(rows, cols, voltage, width, run_id, note)
         if first_id is not None:  # ids given (SQLite: one writer; see reserve_pulses)
             columns, marks = f"id, {columns}", f"?, {marks}"
-        values: Iterable[tuple] = zip(
+            values = ((i, *v) for i, v in enumerate(values, first_id))
+        self._conn.executemany(f"INSERT INTO operations ({columns}) VALUES ({marks})", values)
+
+    def _pulse_rows(self, rows: np.ndarray, cols: np.ndarray, voltage: np.ndarray,
+                    width: np.ndarray, run_id: int | None, note: str | None
+                    ) -> Iterable[tuple]:
+        """The values of :data:`PULSE_COLUMNS` for each pulse (voltage and width broadcast)."""
+        rows = np.asarray(rows)
+        n = len(rows)
+        return zip(
             repeat(self._clock(), n),
             rows.tolist(),
             np.asarray(cols).tolist(),
@@ -98,33 +109,15 @@ class OperationLog(LogParts):
             repeat(self.station, n),
             strict=True,
         )
-        if first_id is not None:
-            values = ((i, *v) for i, v in zip(range(first_id, first_id + n), values,
-                                                strict=True))
-        self._conn.executemany(f"INSERT INTO operations ({columns}) VALUES ({marks})", values)
 
     def _insert_pending(self, rows: np.ndarray, cols: np.ndarray, voltage: np.ndarray,
                         width: np.ndarray, run_id: int | None) -> int:
         """A shared database (PostgreSQL): insert the pulses as pending, with the ids the
         server gives them, and commit synchronously (one message); the first (smallest) id."""
-        rows = np.asarray(rows)
-        n = len(rows)
         return int(self.db.reserve(
             self._conn,
-            "INSERT INTO operations (time, kind, row, col, voltage, width, run_id, backend, "
-            "note, station) VALUES (?, 'pulse', ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-            zip(
-                repeat(self._clock(), n),
-                rows.tolist(),
-                np.asarray(cols).tolist(),
-                np.broadcast_to(np.asarray(voltage, dtype=float), rows.shape).tolist(),
-                np.broadcast_to(np.asarray(width, dtype=float), rows.shape).tolist(),
-                repeat(run_id, n),
-                repeat(self.backend_kind, n),
-                repeat(PENDING, n),
-                repeat(self.station, n),
-                strict=True,
-            ),
+            f"INSERT INTO operations ({PULSE_COLUMNS}) VALUES ({PULSE_MARKS}) RETURNING id",
+            self._pulse_rows(rows, cols, voltage, width, run_id, PENDING),
         ))
 
     def _set_energy(self, first_id: int, energy: np.ndarray) -> None:
